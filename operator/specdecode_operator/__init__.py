@@ -1,0 +1,1 @@
+"""specdecode-operator: serve LLMs on Kubernetes with vLLM speculative decoding and tune the draft length."""

@@ -1,0 +1,362 @@
+"""A real Kubernetes control plane on 127.0.0.1, without Docker.
+
+etcd -> kube-apiserver (RBAC, generated PKI, ServiceAccount tokens) -> kube-controller-manager
++ kube-scheduler -> kwok, which turns Nodes with ``nvidia.com/gpu`` capacity into Ready fake GPU
+nodes and scheduled pods into Running, Ready pods (no container runs).
+
+    with LocalPlane(workdir) as plane:
+        plane.kubectl("get", "nodes")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import pki as pki_mod
+from .binaries import Binaries, locate
+from .process import Component, PlaneError, free_port, tail
+
+
+@dataclass(frozen=True)
+class GPUNodePool:
+    """Fake GPU nodes with realistic NVIDIA GPU-feature-discovery labels."""
+
+    count: int = 2
+    gpus_per_node: int = 8
+    product: str = "NVIDIA-H200"
+    gpu_memory_mib: int = 143771
+    resource_name: str = "nvidia.com/gpu"
+    instance_type: str = "gpu-8x-h200"
+    name_prefix: str = "gpu-node"
+
+    def manifests(self) -> list[dict[str, Any]]:
+        nodes = []
+        for i in range(self.count):
+            name = f"{self.name_prefix}-{i}"
+            resources = {
+                "cpu": "96",
+                "memory": "1500Gi",
+                "pods": "110",
+                "ephemeral-storage": "2Ti",
+                self.resource_name: str(self.gpus_per_node),
+            }
+            nodes.append({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "labels": {
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "node.kubernetes.io/instance-type": self.instance_type,
+                        "topology.kubernetes.io/zone": "local-a",
+                        "nvidia.com/gpu.present": "true",
+                        "nvidia.com/gpu.product": self.product,
+                        "nvidia.com/gpu.count": str(self.gpus_per_node),
+                        "nvidia.com/gpu.memory": str(self.gpu_memory_mib),
+                        "type": "kwok",
+                    },
+                    "annotations": {
+                        "kwok.x-k8s.io/node": "fake",
+                        "node.alpha.kubernetes.io/ttl": "0",
+                    },
+                },
+                "spec": {},
+                # Nodes accept status on create; kwok keeps the capacity as created.
+                "status": {
+                    "capacity": resources,
+                    "allocatable": resources,
+                    "nodeInfo": {
+                        "architecture": "amd64",
+                        "operatingSystem": "linux",
+                        "kubeletVersion": "fake",
+                        "containerRuntimeVersion": "kwok",
+                    },
+                },
+            })
+        return nodes
+
+
+@dataclass
+class LocalPlane:
+    workdir: Path | None = None
+    nodes: GPUNodePool = field(default_factory=GPUNodePool)
+    controllers: bool = True
+    binaries: Binaries | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    components: list[Component] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._own_workdir = self.workdir is None
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="specdecode-plane-"))
+        self.workdir = Path(self.workdir).resolve()
+        self.apiserver_port = 0
+        self.etcd_port = 0
+
+    # ---- paths -------------------------------------------------------------------------
+    @property
+    def logs(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "logs"
+
+    @property
+    def kubeconfig(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "admin.kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def __enter__(self) -> LocalPlane:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        assert self.workdir is not None
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.binaries is None:
+            self.binaries = locate()
+        self.pki = pki_mod.generate(self.workdir / "pki")
+        self._start_etcd()
+        self._start_apiserver()
+        self._write_kubeconfig(self.kubeconfig, user={
+            "client-certificate": str(self.pki.admin_cert),
+            "client-key": str(self.pki.admin_key),
+        })
+        if self.controllers:
+            self._start_controllers()
+        self._start_kwok()
+        self._create_nodes()
+        self.timings["total_to_ready_s"] = time.monotonic() - t0
+
+    def stop(self) -> None:
+        for comp in reversed(self.components):
+            comp.stop()
+        self.components.clear()
+        if self._own_workdir and self.workdir and os.environ.get("SPECDECODE_KEEP_PLANE") != "1":
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def check_alive(self) -> None:
+        """Raise with the log tail of any component that died since start."""
+        for comp in self.components:
+            if not comp.alive:
+                code = comp.proc.returncode if comp.proc else None
+                raise comp.failure(f"died while the plane was running (exit code {code})")
+
+    def log_tails(self, lines: int = 30) -> str:
+        return "\n".join(
+            f"--- {c.name} ({c.log_path}) ---\n{tail(c.log_path, lines)}" for c in self.components
+        )
+
+    # ---- components --------------------------------------------------------------------
+    def _component(self, name: str, argv: list[str], ports: Sequence[int] = ()) -> Component:
+        comp = Component(name=name, argv=argv, log_path=self.logs / f"{name}.log", ports=ports)
+        comp.start()
+        self.components.append(comp)
+        return comp
+
+    def _start_etcd(self) -> None:
+        assert self.binaries and self.workdir
+        self.etcd_port, peer = free_port(), free_port()
+        client_url = f"http://127.0.0.1:{self.etcd_port}"
+        peer_url = f"http://127.0.0.1:{peer}"
+        etcd = self._component("etcd", [
+            str(self.binaries["etcd"]),
+            "--name=plane",
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={client_url}",
+            f"--advertise-client-urls={client_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=plane={peer_url}",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
+        ], ports=[self.etcd_port, peer])
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"{client_url}/health", timeout=2) as r:
+                return json.load(r).get("health") == "true"
+
+        self.timings["etcd_ready_s"] = etcd.wait_ready(healthy, timeout=60)
+
+    def _start_apiserver(self) -> None:
+        assert self.binaries
+        self.apiserver_port = free_port()
+        p = self.pki
+        args = [
+            str(self.binaries["kube-apiserver"]),
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.apiserver_port}",
+            # Without it the apiserver picks the default-route interface (or dies without one).
+            "--advertise-address=127.0.0.1",
+            # Endpoints validation rejects loopback addresses for the kubernetes Service.
+            "--endpoint-reconciler-type=none",
+            f"--tls-cert-file={p.serving_cert}",
+            f"--tls-private-key-file={p.serving_key}",
+            f"--client-ca-file={p.ca_cert}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={p.sa_pub}",
+            f"--service-account-signing-key-file={p.sa_key}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true",
+            "--profiling=false",
+            f"--cert-dir={self.workdir / 'pki'}",
+        ]
+        disabled = ["ServiceAccount"]  # no token controller mounts; pods never really run
+        if not self.controllers:
+            disabled.append("TaintNodesByCondition")
+        args.append(f"--disable-admission-plugins={','.join(disabled)}")
+        api = self._component("kube-apiserver", args, ports=[self.apiserver_port])
+        ctx = self.ssl_context()
+
+        def ready() -> bool:
+            req = urllib.request.Request(f"{self.server}/readyz")
+            with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
+                return r.status == 200
+
+        self.timings["apiserver_ready_s"] = api.wait_ready(ready, timeout=120)
+
+    def _start_controllers(self) -> None:
+        assert self.binaries
+        self._component("kube-controller-manager", [
+            str(self.binaries["kube-controller-manager"]),
+            f"--kubeconfig={self.kubeconfig}",
+            "--leader-elect=false",
+            "--secure-port=0",
+            f"--root-ca-file={self.pki.ca_cert}",
+            f"--service-account-private-key-file={self.pki.sa_key}",
+            "--use-service-account-credentials=false",
+            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
+            # Faster GC and deployment progress for tests and the demo.
+            "--concurrent-deployment-syncs=10",
+        ])
+        self._component("kube-scheduler", [
+            str(self.binaries["kube-scheduler"]),
+            f"--kubeconfig={self.kubeconfig}",
+            "--leader-elect=false",
+            "--secure-port=0",
+        ])
+
+    def _start_kwok(self) -> None:
+        assert self.binaries
+        args = [
+            str(self.binaries["kwok"]),
+            f"--kubeconfig={self.kubeconfig}",
+            "--manage-all-nodes=true",
+            "--node-lease-duration-seconds=40",
+            "--cidr=10.244.0.0/16",
+            "--server-address=",
+        ]
+        args += [f"--config={s}" for s in self.binaries.kwok_stages]
+        self._component("kwok", args)
+
+    def _create_nodes(self) -> None:
+        t0 = time.monotonic()
+        docs = self.nodes.manifests()
+        self.kubectl_apply(docs)
+        names = [d["metadata"]["name"] for d in docs]
+        deadline = time.monotonic() + 60
+        while True:
+            self.check_alive()
+            out = self.kubectl("get", "nodes", "-o", "json").stdout
+            items = {i["metadata"]["name"]: i for i in json.loads(out)["items"]}
+            ready = [
+                n for n in names
+                if n in items and any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in items[n].get("status", {}).get("conditions", [])
+                ) and not any(
+                    t.get("key") == "node.kubernetes.io/not-ready"
+                    for t in items[n].get("spec", {}).get("taints", []) or []
+                )
+            ]
+            if len(ready) == len(names):
+                break
+            if time.monotonic() > deadline:
+                raise PlaneError(
+                    f"nodes not Ready after 60s (ready: {ready})\n{self.log_tails()}"
+                )
+            time.sleep(0.2)
+        self.timings["nodes_ready_s"] = time.monotonic() - t0
+
+    # ---- clients -----------------------------------------------------------------------
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        ctx.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        return ctx
+
+    def _write_kubeconfig(self, path: Path, user: dict[str, str], name: str = "admin") -> Path:
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {
+                "server": self.server, "certificate-authority": str(self.pki.ca_cert)}}],
+            "users": [{"name": name, "user": user}],
+            "contexts": [{"name": name, "context": {"cluster": "local", "user": name}}],
+            "current-context": name,
+        }
+        path.write_text(yaml.safe_dump(cfg))
+        path.chmod(0o600)
+        return path
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True,
+        kubeconfig: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        assert self.binaries
+        proc = subprocess.run(
+            [str(self.binaries.kubectl), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
+            input=input, capture_output=True, text=True, timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise PlaneError(
+                f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}"
+            )
+        return proc
+
+    def kubectl_apply(self, docs: list[dict[str, Any]], *extra: str) -> str:
+        return self.kubectl(
+            "apply", "--server-side", "--field-manager=specdecode-plane", "-f", "-", *extra,
+            input=yaml.safe_dump_all(docs),
+        ).stdout
+
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, path: Path | None = None, duration: str = "2h"
+    ) -> Path:
+        """A kubeconfig that authenticates as ServiceAccount ``namespace/name`` (TokenRequest)."""
+        assert self.workdir
+        token = self.kubectl(
+            "create", "token", name, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
+        path = path or self.workdir / f"sa-{namespace}-{name}.kubeconfig"
+        return self._write_kubeconfig(path, user={"token": token}, name=f"{namespace}-{name}")
+
+    def environ(self) -> dict[str, str]:
+        return {"KUBECONFIG": str(self.kubeconfig)}
