@@ -4,7 +4,7 @@
 # hack/kube, plus kwok (with its stock Stage files) and helm via `go install`.
 #
 # Binaries land in a cache outside the repo, keyed by the wrapper's go.mod/go.sum, the pinned
-# versions and this script, so a second run takes seconds. Prints the bin directory on stdout.
+# versions and a recipe number, so a second run takes seconds. Prints the bin directory on stdout.
 #
 #   hack/build-binaries.sh            # build or reuse; prints the bin dir
 #   SPECDECODE_CACHE=/path ...        # cache root (default ~/.cache/specdecode-operator)
@@ -20,7 +20,12 @@ HELM_VERSION=v3.22.0
 
 command -v go >/dev/null || { echo "build-binaries: go is not installed (need Go >= 1.26)" >&2; exit 1; }
 
-key=$( { cat "$here/kube/go.mod" "$here/kube/go.sum" "$0"; echo "$KUBE_VERSION $KWOK_VERSION $HELM_VERSION"; go version; } \
+# Bump when the way binaries are built changes (flags, stamping); stage files are keyed apart.
+RECIPE=1
+# kwok's stock "fast" stages: nodes turn Ready, scheduled pods turn Running+Ready at once.
+KWOK_STAGES="node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete"
+
+key=$( { cat "$here/kube/go.mod" "$here/kube/go.sum"; echo "$RECIPE $KUBE_VERSION $KWOK_VERSION $HELM_VERSION"; go version; } \
        | sha256sum | cut -c1-16)
 root="${SPECDECODE_CACHE:-$HOME/.cache/specdecode-operator}"
 bin="$root/bin-$key"
@@ -28,10 +33,24 @@ want=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok helm)
 
 complete() {
   for b in "${want[@]}"; do [ -x "$bin/$b" ] || return 1; done
-  [ -d "$bin/kwok-stages" ] && ls "$bin"/kwok-stages/*.yaml >/dev/null 2>&1
+}
+
+copy_stages() {  # $1: target bin dir
+  [ "$(cat "$1/kwok-stages/.list" 2>/dev/null)" = "$KWOK_STAGES" ] && return 0
+  local kwokdir
+  kwokdir=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$1/kwok-stages"; mkdir -p "$1/kwok-stages"
+  for s in $KWOK_STAGES; do
+    f="$kwokdir/kustomize/stage/$s.yaml"
+    [ -f "$f" ] || { echo "build-binaries: kwok stage $s.yaml not found under $kwokdir" >&2; exit 1; }
+    cp "$f" "$1/kwok-stages/"
+  done
+  chmod -R u+w "$1/kwok-stages"
+  echo "$KWOK_STAGES" > "$1/kwok-stages/.list"
 }
 
 if complete; then
+  copy_stages "$bin"
   echo "$bin"
   exit 0
 fi
@@ -63,14 +82,7 @@ log "building kube-apiserver, kube-controller-manager, kube-scheduler, etcd ($KU
 # kwok and helm stay out of the wrapper: its replaces would force their k8s libraries.
 log "building kwok $KWOK_VERSION"
 GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-kwokdir=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
-mkdir -p "$tmp/kwok-stages"
-for s in node-initialize node-heartbeat-with-lease pod-ready pod-complete pod-delete; do
-  f=$(find "$kwokdir/kustomize/stage" -name "$s.yaml" | head -1)
-  [ -n "$f" ] || { echo "build-binaries: kwok stage $s.yaml not found under $kwokdir/kustomize/stage" >&2; exit 1; }
-  cp "$f" "$tmp/kwok-stages/"
-done
-chmod -R u+w "$tmp/kwok-stages"
+copy_stages "$tmp"
 
 log "building helm $HELM_VERSION"
 GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
@@ -79,5 +91,7 @@ GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HE
 "$tmp/etcd" --version | head -1 >&2
 rm -rf "$bin"; mv "$tmp" "$bin"
 trap - EXIT
+# Older builds (other versions) are dead weight: ~500 MB each.
+find "$root" -maxdepth 1 -name 'bin-*' ! -name "bin-$key" ! -name '*.tmp.*' -exec rm -rf {} +
 log "done in $(( $(date +%s) - start ))s -> $bin"
 echo "$bin"

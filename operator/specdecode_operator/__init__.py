@@ -1,1 +1,1 @@
-"""specdecode-operator: serve LLMs on Kubernetes with vLLM speculative decoding and tune the draft length."""
+"""specdecode-operator: serve LLMs on Kubernetes with vLLM speculative decoding, tune K."""

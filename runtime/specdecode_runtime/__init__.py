@@ -1,1 +1,1 @@
-"""Runtime pieces for running specdecode-operator without GPUs: local control plane, vLLM stand-in."""
+"""Running specdecode-operator without GPUs: the local control plane and the vLLM stand-in."""

@@ -67,7 +67,9 @@ def locate(build: bool = True) -> Binaries:
         )
     missing = [b for b in REQUIRED if not os.access(directory / b, os.X_OK)]
     if missing:
-        raise PlaneError(f"{directory} lacks {', '.join(missing)} (rebuild: hack/build-binaries.sh)")
+        raise PlaneError(
+            f"{directory} lacks {', '.join(missing)} (rebuild: hack/build-binaries.sh)"
+        )
     bins = Binaries(directory=directory, kubectl=_kubectl())
     if not bins.kwok_stages:
         raise PlaneError(f"{directory}/kwok-stages has no Stage files (rebuild)")

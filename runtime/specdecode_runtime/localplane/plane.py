@@ -253,7 +253,7 @@ class LocalPlane:
             f"--root-ca-file={self.pki.ca_cert}",
             f"--service-account-private-key-file={self.pki.sa_key}",
             "--use-service-account-credentials=false",
-            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
+            "--controllers=*",
             # Faster GC and deployment progress for tests and the demo.
             "--concurrent-deployment-syncs=10",
         ])

@@ -106,7 +106,7 @@ class Component:
             try:
                 if probe():
                     return time.monotonic() - self.started_at
-            except Exception:  # noqa: BLE001 - not ready yet, keep polling
+            except Exception:
                 pass
             if time.monotonic() > deadline:
                 raise self.failure(f"not ready after {timeout:.0f}s")

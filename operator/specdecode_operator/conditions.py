@@ -1,0 +1,136 @@
+"""Status of a SpecDecodeDeployment from what the operator observed: pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .render import LABEL_SDD
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the shell read from the cluster for one SpecDecodeDeployment."""
+
+    deployment: dict[str, Any] | None
+    pods: list[dict[str, Any]]
+    gpu_resource: str
+    nodes_offering_gpu: int | None  # None: not checked (no pod was unschedulable)
+    apply_error: str | None = None
+
+
+def _condition(type_: str, status: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": type_, "status": "True" if status else "False", "reason": reason,
+            "message": message}
+
+
+def _unschedulable(pods: list[dict[str, Any]]) -> str | None:
+    for p in pods:
+        if (p.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        for c in (p.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" \
+                    and c.get("reason") == "Unschedulable":
+                return f"pod {p['metadata']['name']}: {c.get('message', 'unschedulable')}"
+    return None
+
+
+def conditions(sdd: dict[str, Any], desired_replicas: int, obs: Observed) -> list[dict[str, Any]]:
+    dep = obs.deployment or {}
+    st = dep.get("status") or {}
+    gen = (dep.get("metadata") or {}).get("generation", 0)
+    ready = int(st.get("readyReplicas") or 0)
+    updated = int(st.get("updatedReplicas") or 0)
+    total = int(st.get("replicas") or 0)
+    dep_conds = {c["type"]: c for c in st.get("conditions") or []}
+    synced = bool(dep) and int(st.get("observedGeneration") or 0) >= int(gen)
+
+    rolling = (not synced) or updated < desired_replicas or total > updated
+    deadline = dep_conds.get("Progressing", {})
+    stuck = (deadline.get("status") == "False"
+             and deadline.get("reason") == "ProgressDeadlineExceeded")
+
+    out = []
+    if desired_replicas == 0:
+        out.append(_condition("Ready", False, "ScaledToZero", "spec.replicas is 0"))
+    elif ready >= desired_replicas and not rolling:
+        out.append(_condition("Ready", True, "AllReplicasReady",
+                              f"{ready}/{desired_replicas} replicas ready"))
+    else:
+        out.append(_condition("Ready", False, "ReplicasNotReady",
+                              f"{ready}/{desired_replicas} replicas ready, {updated} updated"))
+
+    if stuck:
+        out.append(_condition("Progressing", False, "ProgressDeadlineExceeded",
+                              deadline.get("message", "rollout is stuck")))
+    elif rolling:
+        out.append(_condition("Progressing", True, "RollingUpdate",
+                              f"{updated}/{desired_replicas} replicas run the current template"))
+    else:
+        out.append(_condition("Progressing", False, "RolloutComplete",
+                              "all replicas run the current template"))
+
+    unsched = _unschedulable(obs.pods)
+    if obs.apply_error:
+        out.append(_condition("Degraded", True, "ApplyFailed", obs.apply_error))
+    elif unsched and obs.nodes_offering_gpu == 0:
+        out.append(_condition(
+            "Degraded", True, "NoGPUNodes",
+            f"no node offers {obs.gpu_resource}: install the device plugin or set "
+            f"spec.gpu.resourceName; {unsched}",
+        ))
+    elif unsched:
+        out.append(_condition("Degraded", True, "Unschedulable", unsched))
+    elif stuck:
+        out.append(_condition("Degraded", True, "ProgressDeadlineExceeded",
+                              deadline.get("message", "rollout is stuck")))
+    else:
+        out.append(_condition("Degraded", False, "AsExpected", "no problems observed"))
+    gen_sdd = sdd["metadata"].get("generation")
+    for c in out:
+        c["observedGeneration"] = gen_sdd
+    return out
+
+
+def merge_transition_times(
+    new: list[dict[str, Any]], old: list[dict[str, Any]], now: str
+) -> list[dict[str, Any]]:
+    """Keep lastTransitionTime where a condition's status did not change."""
+    prev = {c["type"]: c for c in old or []}
+    out = []
+    for c in new:
+        p = prev.get(c["type"])
+        t = p.get("lastTransitionTime") if p and p.get("status") == c["status"] else None
+        out.append({**c, "lastTransitionTime": t or now})
+    return out
+
+
+def status(
+    sdd: dict[str, Any], *, desired_replicas: int, k: int | None, initial_k: int | None,
+    obs: Observed, now: str,
+) -> dict[str, Any]:
+    """The status the operator owns (a full replacement of its fields)."""
+    old = sdd.get("status") or {}
+    st = (obs.deployment or {}).get("status") or {}
+    name = sdd["metadata"]["name"]
+    out: dict[str, Any] = {
+        "observedGeneration": sdd["metadata"].get("generation"),
+        "replicas": int(st.get("replicas") or 0),
+        "readyReplicas": int(st.get("readyReplicas") or 0),
+        "updatedReplicas": int(st.get("updatedReplicas") or 0),
+        "selector": f"{LABEL_SDD}={name}",
+        "conditions": merge_transition_times(
+            conditions(sdd, desired_replicas, obs), old.get("conditions") or [], now),
+    }
+    if k is not None:
+        dt = {"current": k}
+        if initial_k is not None:
+            dt["initial"] = initial_k
+        out["draftTokens"] = dt
+    return out
+
+
+def differs(computed: dict[str, Any], live: dict[str, Any] | None) -> bool:
+    """True when writing ``computed`` would change the live status."""
+    live = live or {}
+    return any(live.get(k) != v for k, v in computed.items())

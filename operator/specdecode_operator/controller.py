@@ -1,0 +1,149 @@
+"""The reconcile loop's shell: read, call the pure functions, write only what changed.
+
+Triggers (SDD events, child events, periodic resync) are coalesced per object: at most one
+reconcile of an object runs at a time, and triggers that arrive meanwhile cause exactly one
+more pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightkube import ApiError
+
+from . import conditions, draft_tokens, metrics
+from .kube import Kube
+from .reconcile import needs_apply
+from .render import LABEL_SDD, defaulted_spec, render
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Controller:
+    kube: Kube
+    _running: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    _again: set[Key] = field(default_factory=set)
+    _pod_monitor: tuple[float, bool] = (0.0, False)
+
+    # ---- triggering ----------------------------------------------------------------------
+    def trigger(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        if key in self._running:
+            self._again.add(key)
+            return
+        self._running[key] = asyncio.create_task(self._loop(key), name=f"reconcile {key}")
+
+    async def _loop(self, key: Key) -> None:
+        try:
+            while True:
+                self._again.discard(key)
+                await self.reconcile_key(*key)
+                if key not in self._again:
+                    break
+        finally:
+            self._running.pop(key, None)
+
+    async def idle(self) -> None:
+        """Wait until no reconcile is running (tests and shutdown)."""
+        while self._running:
+            await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+
+    # ---- one pass ------------------------------------------------------------------------
+    async def reconcile_key(self, namespace: str, name: str) -> None:
+        t0 = time.monotonic()
+        try:
+            sdd = await self.kube.get_sdd(namespace, name)
+            if sdd is None:  # deleted: garbage collection removes the children
+                return
+            await self.reconcile(sdd)
+        except Exception:
+            metrics.RECONCILE_ERRORS.inc()
+            log.exception("reconcile of %s/%s failed", namespace, name)
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.monotonic() - t0)
+
+    async def _pod_monitor_available(self) -> bool:
+        # The CRD rarely appears or goes: look again at most once a minute.
+        checked, available = self._pod_monitor
+        if time.monotonic() - checked > 60:
+            available = await self.kube.pod_monitor_available()
+            self._pod_monitor = (time.monotonic(), available)
+        return available
+
+    async def reconcile(self, sdd: dict[str, Any]) -> None:
+        meta = sdd["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        if meta.get("deletionTimestamp"):
+            return
+        spec = defaulted_spec(sdd["spec"])
+        bounds = draft_tokens.bounds(spec)
+        cur = draft_tokens.current_k(spec, sdd.get("status"))
+        old_k = ((sdd.get("status") or {}).get("draftTokens") or {}).get("current")
+
+        manifests = render(sdd, cur.k, pod_monitor_available=await self._pod_monitor_available())
+        apply_error = None
+        deployment = None
+        for m in manifests:
+            live = await self.kube.get_child(m["kind"], ns, m["metadata"]["name"])
+            why = needs_apply(m, live)
+            if why is not None:
+                try:
+                    live = await self.kube.apply(m)
+                except ApiError as e:
+                    apply_error = f"applying {m['kind']} {name}: {e.status.message}"
+                    log.warning("%s/%s: %s", ns, name, apply_error)
+                    continue
+                verb = {"missing": "Created", "changed": "Updated", "drifted": "Reverted"}[why]
+                detail = " (a hand edit of an owned field)" if why == "drifted" else ""
+                await self.kube.event(sdd, "Normal", verb,
+                                      f"{verb} {m['kind']} {name}{detail}")
+                metrics.CHILD_WRITES.labels(kind=m["kind"], reason=why).inc()
+            if m["kind"] == "Deployment":
+                deployment = live
+
+        pods = await self.kube.list_pods(ns, {LABEL_SDD: name})
+        gpu_resource = (spec.get("gpu") or {}).get("resourceName", "nvidia.com/gpu")
+        nodes_offering = None
+        if conditions._unschedulable(pods):
+            nodes_offering = await self.kube.nodes_offering(gpu_resource)
+        obs = conditions.Observed(deployment=deployment, pods=pods, gpu_resource=gpu_resource,
+                                  nodes_offering_gpu=nodes_offering, apply_error=apply_error)
+        new_status = conditions.status(
+            sdd, desired_replicas=spec["replicas"], k=cur.k,
+            initial_k=bounds.initial if bounds else None, obs=obs, now=_now(),
+        )
+        if cur.k is not None:
+            metrics.CURRENT_K.labels(namespace=ns, name=name).set(cur.k)
+        if conditions.differs(new_status, sdd.get("status")):
+            await self.kube.apply_status(sdd, new_status)
+            await self._status_events(sdd, new_status, old_k, cur)
+
+    async def _status_events(
+        self, sdd: dict[str, Any], new: dict[str, Any], old_k: Any,
+        cur: draft_tokens.CurrentK,
+    ) -> None:
+        if old_k is not None and cur.k is not None and int(old_k) != cur.k:
+            await self.kube.event(sdd, "Normal", "DraftTokensChanged",
+                                  f"K {old_k} -> {cur.k}: {cur.reason}")
+        old = {c["type"]: c for c in (sdd.get("status") or {}).get("conditions") or []}
+        for c in new["conditions"]:
+            if c["type"] != "Degraded":
+                continue
+            was = old.get("Degraded", {})
+            if c["status"] == "True" and (was.get("status") != "True"
+                                          or was.get("reason") != c["reason"]):
+                await self.kube.event(sdd, "Warning", c["reason"], c["message"])
+            elif c["status"] == "False" and was.get("status") == "True":
+                await self.kube.event(sdd, "Normal", "Recovered", "no problems observed")

@@ -1,0 +1,520 @@
+"""The SpecDecodeDeployment CRD: the one source of truth for the API schema.
+
+``crds/specdecode.io_specdecodedeployments.yaml`` is generated from ``crd()`` (``make crds``);
+a test fails when the two differ. Defaults live here, in the schema, so the apiserver applies
+them; ``specdecode_operator.spec`` applies the same schema defaults when reading a spec.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+GROUP = "specdecode.io"
+VERSION = "v1alpha1"
+KIND = "SpecDecodeDeployment"
+PLURAL = "specdecodedeployments"
+SINGULAR = "specdecodedeployment"
+SHORT_NAMES = ["sdd"]
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+DEFAULT_IMAGE = "vllm/vllm-openai:v0.33.0"
+MAX_DRAFT_TOKENS = 16
+# Initial K per workload preset when draftTokens.initial is not set (clamped to [min, max]).
+PRESET_INITIAL_K = {"conversational": 6, "summarization": 7, "code": 3, "longform": 12}
+DEFAULT_INITIAL_K = 5
+DRAFTER_METHODS = ["mtp", "eagle", "eagle3", "draft_model", "ngram", "suffix", "none"]
+# Methods whose drafter is a separate checkpoint; mtp may or may not have one (Gemma 4
+# assistant checkpoints vs in-checkpoint heads of DeepSeek/Qwen/GLM).
+METHODS_REQUIRING_MODEL = ["eagle", "eagle3", "draft_model"]
+METHODS_FORBIDDING_MODEL = ["ngram", "suffix", "none"]
+
+# Engine flags the operator renders itself, with the field a user sets instead.
+OWNED_FLAGS: dict[str, str] = {
+    "--speculative-config": "spec.drafter and spec.draftTokens",
+    "-sc": "spec.drafter and spec.draftTokens",
+    "--model": "spec.model.name",
+    "--served-model-name": "spec.model.servedName",
+    "--revision": "spec.model.revision",
+    "--max-model-len": "spec.model.maxModelLen",
+    "--tensor-parallel-size": "spec.tensorParallelSize",
+    "-tp": "spec.tensorParallelSize",
+    "--port": "spec.service.port",
+    "--host": "nothing (the operator binds 0.0.0.0 inside the pod)",
+    "--disable-log-stats": "nothing (it turns off the metrics the autotuner reads)",
+    "--hf-token": "spec.model.hfTokenSecretRef",
+}
+
+
+# ---- schema builders -------------------------------------------------------------------------
+def _s(type_: str, description: str, **kw: Any) -> dict[str, Any]:
+    return {"type": type_, "description": description, **kw}
+
+
+def string(description: str, **kw: Any) -> dict[str, Any]:
+    return _s("string", description, **kw)
+
+
+def integer(description: str, **kw: Any) -> dict[str, Any]:
+    return _s("integer", description, **kw)
+
+
+def boolean(description: str, **kw: Any) -> dict[str, Any]:
+    return _s("boolean", description, **kw)
+
+
+def number(description: str, **kw: Any) -> dict[str, Any]:
+    return _s("number", description, **kw)
+
+
+def obj(
+    description: str,
+    properties: dict[str, Any] | None = None,
+    *,
+    required: list[str] | None = None,
+    rules: list[tuple[str, str]] | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
+    out = _s("object", description, **kw)
+    if properties is not None:
+        out["properties"] = properties
+    if required:
+        out["required"] = required
+    if rules:
+        out["x-kubernetes-validations"] = [{"rule": r, "message": m} for r, m in rules]
+    return out
+
+
+def array(description: str, items: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    return _s("array", description, items=items, **kw)
+
+
+def string_map(description: str) -> dict[str, Any]:
+    return obj(description, additionalProperties={"type": "string"})
+
+
+def int_or_string(description: str, **kw: Any) -> dict[str, Any]:
+    return {"description": description, "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}], **kw}
+
+
+def opaque(description: str, type_: str = "object") -> dict[str, Any]:
+    """A Kubernetes core type passed through to the pod as written (validated by the pod API)."""
+    if type_ == "array":
+        return array(description, {"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+    return obj(description, **{"x-kubernetes-preserve-unknown-fields": True})
+
+
+def quantity_map(description: str) -> dict[str, Any]:
+    return obj(description, additionalProperties=int_or_string(
+        "A resource quantity such as 8, 500m, 64Gi.",
+        pattern=r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+    ))
+
+
+# ---- the spec ------------------------------------------------------------------------------
+def _model() -> dict[str, Any]:
+    return obj(
+        "The target model vLLM serves.",
+        {
+            "name": string(
+                "Hugging Face model id (e.g. google/gemma-4-31B-it) or a path inside the pod. "
+                "Rendered as `vllm serve <name>`.",
+                minLength=1, maxLength=512,
+            ),
+            "servedName": string(
+                "Model name clients use in API requests (--served-model-name). "
+                "Defaults to model.name.", minLength=1, maxLength=256,
+            ),
+            "revision": string("Model revision: branch, tag or commit (--revision).",
+                               minLength=1, maxLength=128),
+            "maxModelLen": integer("Maximum context length in tokens (--max-model-len).",
+                                   minimum=16, maximum=10_000_000),
+            "hfTokenSecretRef": obj(
+                "Secret holding a Hugging Face token, exposed to vLLM as HF_TOKEN.",
+                {
+                    "name": string("Secret name in the same namespace.", minLength=1,
+                                   maxLength=253),
+                    "key": string("Key in the Secret.", default="token", minLength=1,
+                                  maxLength=253),
+                },
+                required=["name"],
+            ),
+        },
+        required=["name"],
+    )
+
+
+def _drafter() -> dict[str, Any]:
+    need = ", ".join(METHODS_REQUIRING_MODEL)
+    forbid = ", ".join(METHODS_FORBIDDING_MODEL)
+    return obj(
+        "How draft tokens are proposed. mtp with model: a separate MTP checkpoint such as a "
+        "Gemma 4 assistant (google/gemma-4-31B-it-assistant). mtp without model: MTP heads "
+        "inside the target checkpoint (DeepSeek-V3, Qwen3-Next/3.5, GLM-4.x). eagle/eagle3: an "
+        "EAGLE head checkpoint. draft_model: a small model of the same family. ngram/suffix: "
+        "prompt lookup, no drafter weights. none: speculative decoding off.",
+        {
+            "method": string("Speculative decoding method.", enum=DRAFTER_METHODS),
+            "model": string(
+                "Drafter checkpoint (Hugging Face id or path). Required for "
+                f"{need}; optional for mtp; not allowed for {forbid}.",
+                minLength=1, maxLength=512,
+            ),
+            "revision": string("Drafter checkpoint revision.", minLength=1, maxLength=128),
+            "draftTensorParallelSize": integer(
+                "Tensor parallel size of the drafter: 1 or the target's tensorParallelSize.",
+                minimum=1, maximum=64,
+            ),
+            "ngram": obj(
+                "Prompt-lookup window for method ngram.",
+                {
+                    "promptLookupMin": integer("Shortest n-gram to match (prompt_lookup_min).",
+                                               minimum=1, maximum=64),
+                    "promptLookupMax": integer("Longest n-gram to match (prompt_lookup_max).",
+                                               minimum=1, maximum=64),
+                },
+                rules=[(
+                    "!has(self.promptLookupMin) || !has(self.promptLookupMax) || "
+                    "self.promptLookupMin <= self.promptLookupMax",
+                    "drafter.ngram.promptLookupMin must be less than or equal to "
+                    "promptLookupMax",
+                )],
+            ),
+        },
+        required=["method"],
+        rules=[
+            (
+                f"!(self.method in {METHODS_REQUIRING_MODEL!r}) || has(self.model)",
+                f"drafter.model is required when drafter.method is one of {need}: set it to "
+                "the drafter checkpoint, e.g. yuhuili/EAGLE3-LLaMA3.1-Instruct-8B",
+            ),
+            (
+                f"!(self.method in {METHODS_FORBIDDING_MODEL!r}) || !has(self.model)",
+                f"drafter.model must not be set when drafter.method is {forbid}: these "
+                "methods use no drafter checkpoint; remove drafter.model",
+            ),
+            (
+                "!has(self.ngram) || self.method == 'ngram'",
+                "drafter.ngram applies only to drafter.method ngram; remove it or set "
+                "method: ngram",
+            ),
+            (
+                "!has(self.revision) || has(self.model)",
+                "drafter.revision needs drafter.model",
+            ),
+        ],
+    )
+
+
+def _draft_tokens() -> dict[str, Any]:
+    k = MAX_DRAFT_TOKENS
+    return obj(
+        "Draft length K (vLLM num_speculative_tokens) and the bounds the autotuner keeps it "
+        "in. Not allowed when drafter.method is none.",
+        {
+            "initial": integer(
+                "K to start with. Default: from spec.workload (conversational 6, "
+                f"summarization 7, code 3, longform 12, otherwise {DEFAULT_INITIAL_K}), "
+                "clamped to [min, max].", minimum=1, maximum=k,
+            ),
+            "min": integer("Smallest K the autotuner may choose.", minimum=1, maximum=k,
+                           default=1),
+            "max": integer("Largest K the autotuner may choose.", minimum=1, maximum=k,
+                           default=12),
+        },
+        rules=[
+            ("self.min <= self.max",
+             "draftTokens.min must be less than or equal to draftTokens.max"),
+            ("!has(self.initial) || (self.min <= self.initial && self.initial <= self.max)",
+             "draftTokens.initial must lie within [draftTokens.min, draftTokens.max]"),
+        ],
+    )
+
+
+def _gpu() -> dict[str, Any]:
+    return obj(
+        "GPUs per replica and where they come from.",
+        {
+            "count": integer(
+                "GPUs per replica. Default: tensorParallelSize. Must be a multiple of "
+                "tensorParallelSize.", minimum=1, maximum=64,
+            ),
+            "resourceName": string(
+                "Extended resource that provides the GPUs.", default="nvidia.com/gpu",
+                pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+                maxLength=253,
+            ),
+            "product": string(
+                "Run only on nodes whose nvidia.com/gpu.product label has this value "
+                "(e.g. NVIDIA-H200).", minLength=1, maxLength=63,
+            ),
+        },
+    )
+
+
+def _engine_args() -> dict[str, Any]:
+    rules = []
+    for flag, instead in OWNED_FLAGS.items():
+        # Exact flag or flag=value: --model-impl must not match --model.
+        rules.append((
+            f"self.all(a, a != '{flag}' && !a.startsWith('{flag}='))",
+            f"engineArgs must not contain {flag}: the operator renders it; use {instead}",
+        ))
+    return array(
+        "Extra vLLM serve flags, passed through in order (e.g. --max-num-seqs=128). Flags the "
+        "operator renders are rejected with the field to use instead.",
+        string("One command-line argument."),
+        maxItems=128,
+        **{"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]},
+    )
+
+
+def _model_cache() -> dict[str, Any]:
+    return obj(
+        "Where model weights are cached (mounted at mountPath; HF_HOME points there). Set "
+        "exactly one of emptyDir, persistentVolumeClaim, hostPath.",
+        {
+            "mountPath": string("Mount path in the vLLM container.",
+                                default="/root/.cache/huggingface", pattern="^/.*"),
+            "emptyDir": obj("A per-pod cache that is lost when the pod goes.", {
+                "sizeLimit": int_or_string("Size limit, e.g. 200Gi."),
+            }),
+            "persistentVolumeClaim": obj("A shared cache on an existing PVC.", {
+                "claimName": string("PVC name in the same namespace.", minLength=1),
+                "readOnly": boolean("Mount read-only.", default=False),
+            }, required=["claimName"]),
+            "hostPath": obj("A directory on the node.", {
+                "path": string("Absolute path on the node.", pattern="^/.*"),
+            }, required=["path"]),
+        },
+        rules=[(
+            "[has(self.emptyDir), has(self.persistentVolumeClaim), has(self.hostPath)]"
+            ".filter(x, x).size() == 1",
+            "modelCache needs exactly one of emptyDir, persistentVolumeClaim, hostPath",
+        )],
+    )
+
+
+def _autotune() -> dict[str, Any]:
+    return obj(
+        "Draft-length autotuning. Auto: the operator changes K (a rolling restart); "
+        "Recommend: it only writes the recommended K to status; Off: K stays at "
+        "draftTokens.initial.",
+        {
+            "mode": string("Autotuning mode.", enum=["Off", "Recommend", "Auto"],
+                           default="Auto"),
+        },
+        default={},
+    )
+
+
+def spec_schema() -> dict[str, Any]:
+    return obj(
+        "Desired state of a model served by vLLM with speculative decoding.",
+        {
+            "model": _model(),
+            "drafter": _drafter(),
+            "draftTokens": _draft_tokens(),
+            "workload": string(
+                "Workload preset: the traffic this model mostly serves. Sets the initial K "
+                "when draftTokens.initial is not set.",
+                enum=["conversational", "summarization", "code", "longform", "custom"],
+            ),
+            "replicas": integer("Number of vLLM pods.", minimum=0, maximum=1000, default=1),
+            "image": string("vLLM container image.", default=DEFAULT_IMAGE, minLength=1),
+            "imagePullPolicy": string("Image pull policy.",
+                                      enum=["Always", "IfNotPresent", "Never"]),
+            "tensorParallelSize": integer("Tensor parallel size (--tensor-parallel-size).",
+                                          minimum=1, maximum=64, default=1),
+            "gpu": _gpu(),
+            "resources": obj(
+                "CPU and memory (and other) requests and limits of the vLLM container. GPU "
+                "limits come from spec.gpu; do not set them here.",
+                {"requests": quantity_map("Requests."), "limits": quantity_map("Limits.")},
+            ),
+            "engineArgs": _engine_args(),
+            "env": opaque("Extra environment variables (core/v1 EnvVar).", "array"),
+            "modelCache": _model_cache(),
+            "nodeSelector": string_map("Node labels the pods must match."),
+            "tolerations": opaque("Pod tolerations (core/v1 Toleration).", "array"),
+            "affinity": opaque("Pod affinity (core/v1 Affinity)."),
+            "priorityClassName": string("PriorityClass of the pods.", maxLength=253),
+            "imagePullSecrets": array(
+                "Secrets for pulling the image.",
+                obj("A Secret reference.", {"name": string("Secret name.", minLength=1)},
+                    required=["name"]),
+            ),
+            "serviceAccountName": string("ServiceAccount the pods run as.", maxLength=253),
+            "podMetadata": obj("Extra labels and annotations for the pods.", {
+                "labels": string_map("Pod labels."),
+                "annotations": string_map("Pod annotations."),
+            }),
+            "service": obj("The Service in front of the pods.", {
+                "type": string("Service type.", enum=["ClusterIP", "NodePort", "LoadBalancer"],
+                               default="ClusterIP"),
+                "port": integer("Port of the Service and of vLLM's HTTP server.",
+                                minimum=1, maximum=65535, default=8000),
+            }, default={}),
+            "rollout": obj(
+                "Rolling-update settings used for every change, including K changes. The "
+                "default surges one pod (needs spare GPUs); set maxSurge 0 and maxUnavailable "
+                "1 where no spare GPUs exist.",
+                {
+                    "maxSurge": int_or_string("Extra pods during a rollout.", default=1),
+                    "maxUnavailable": int_or_string("Pods that may be down during a rollout.",
+                                                    default=0),
+                },
+                rules=[(
+                    "!(self.maxSurge == 0 && self.maxUnavailable == 0)",
+                    "rollout.maxSurge and rollout.maxUnavailable cannot both be 0",
+                )],
+                default={},
+            ),
+            "disruptionBudget": obj(
+                "PodDisruptionBudget for voluntary disruptions (node drains).",
+                {
+                    "enabled": boolean("Create a PodDisruptionBudget.", default=True),
+                    "maxUnavailable": int_or_string("Pods that may be disrupted at once.",
+                                                    default=1),
+                },
+                default={},
+            ),
+            "autotune": _autotune(),
+        },
+        required=["model", "drafter"],
+        rules=[
+            (
+                "self.drafter.method != 'none' || !has(self.draftTokens)",
+                "draftTokens must not be set when drafter.method is none (speculative "
+                "decoding off); remove draftTokens",
+            ),
+            (
+                "!has(self.gpu) || !has(self.gpu.count) || "
+                "self.gpu.count % self.tensorParallelSize == 0",
+                "gpu.count must be a multiple of tensorParallelSize",
+            ),
+            (
+                "!has(self.drafter.draftTensorParallelSize) || "
+                "self.drafter.draftTensorParallelSize == 1 || "
+                "self.drafter.draftTensorParallelSize == self.tensorParallelSize",
+                "drafter.draftTensorParallelSize must be 1 or equal to tensorParallelSize",
+            ),
+        ],
+    )
+
+
+def status_schema() -> dict[str, Any]:
+    condition = obj(
+        "A condition (Kubernetes API conventions).",
+        {
+            "type": string("Condition type: Ready, Progressing, Degraded, ..."),
+            "status": string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+            "reason": string("CamelCase reason."),
+            "message": string("Human-readable details."),
+            "lastTransitionTime": string("When the status last changed.", format="date-time"),
+            "observedGeneration": integer("Generation the condition was computed from."),
+        },
+        required=["type", "status"],
+    )
+    return obj(
+        "Observed state, written by the operator only.",
+        {
+            "observedGeneration": integer("Last spec generation the operator acted on."),
+            "replicas": integer("Pods of the current Deployment."),
+            "readyReplicas": integer("Ready pods."),
+            "updatedReplicas": integer("Pods running the current template (current K)."),
+            "selector": string("Label selector of the pods (for the scale subresource)."),
+            "draftTokens": obj("Draft length state.", {
+                "current": integer("K the Deployment runs now (rendered by the operator)."),
+                "initial": integer("Initial K resolved from the spec (draftTokens.initial "
+                                   "or the workload preset) that current started from."),
+                "recommended": integer("K the autotuner recommends."),
+            }),
+            "acceptance": obj("Observed acceptance of draft tokens at the current K.", {
+                "rate": string("Accepted / proposed draft tokens, e.g. 0.71."),
+                "meanLength": string("Tokens per verify step including the bonus token."),
+            }),
+            "conditions": array("Conditions.", condition,
+                                **{"x-kubernetes-list-type": "map",
+                                   "x-kubernetes-list-map-keys": ["type"]}),
+        },
+    )
+
+
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition manifest."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {"app.kubernetes.io/name": "specdecode-operator",
+                       "app.kubernetes.io/part-of": "specdecode-operator"},
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": ["all", "specdecode"],
+            },
+            "scope": "Namespaced",
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {
+                    "status": {},
+                    "scale": {
+                        "specReplicasPath": ".spec.replicas",
+                        "statusReplicasPath": ".status.replicas",
+                        "labelSelectorPath": ".status.selector",
+                    },
+                },
+                "additionalPrinterColumns": [
+                    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
+                    {"name": "Drafter", "type": "string", "jsonPath": ".spec.drafter.method"},
+                    {"name": "K", "type": "integer", "jsonPath": ".status.draftTokens.current"},
+                    {"name": "Acceptance", "type": "string",
+                     "jsonPath": ".status.acceptance.rate"},
+                    {"name": "Ready", "type": "string",
+                     "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {"openAPIV3Schema": obj(
+                    "SpecDecodeDeployment serves a model with vLLM speculative decoding and "
+                    "tunes its draft length.",
+                    {
+                        "apiVersion": string("API version."),
+                        "kind": string("Kind."),
+                        "metadata": {"type": "object"},
+                        "spec": spec_schema(),
+                        "status": status_schema(),
+                    },
+                    required=["spec"],
+                )},
+            }],
+        },
+    }
+
+
+def schema_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """Apply the schema's defaults to ``value`` the way the apiserver does (pure, no I/O).
+
+    Defaults apply to absent properties of objects that are present; an absent object is not
+    created unless it has a default itself.
+    """
+    if schema.get("type") != "object" or not isinstance(value, dict):
+        return value
+    out = copy.deepcopy(value)
+    for name, prop in schema.get("properties", {}).items():
+        if name not in out and "default" in prop:
+            out[name] = copy.deepcopy(prop["default"])
+        if name in out:
+            out[name] = schema_defaults(prop, out[name])
+    return out

@@ -1,0 +1,103 @@
+"""Kopf registrations: every trigger funnels into ``Controller.trigger``.
+
+Only event handlers and a startup task are used, so Kopf stores nothing on the user's object
+(no progress annotations, no finalizers): GitOps tools see no drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from . import crd
+from .controller import Controller
+from .kube import Kube
+from .render import LABEL_SDD, MANAGER
+
+log = logging.getLogger(__name__)
+
+RESYNC_SECONDS = float(os.environ.get("SPECDECODE_RESYNC_SECONDS", "60"))
+CHILD_FILTER = {"app.kubernetes.io/managed-by": MANAGER, LABEL_SDD: kopf.PRESENT}
+
+_controller: Controller | None = None
+
+
+def controller() -> Controller:
+    if _controller is None:
+        raise RuntimeError("the operator has not started")
+    return _controller
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    global _controller
+    settings.posting.enabled = False  # we post our own Events, only for real changes
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.error_backoffs = [1, 2, 5, 10]
+    kube = Kube.from_env(os.environ.get("KUBECONFIG") or None)
+    _controller = Controller(kube)
+    memo["resync"] = asyncio.create_task(_resync_forever(_controller))
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync")
+    if task:
+        task.cancel()
+    if _controller is not None:
+        await _controller.idle()
+        await _controller.kube.close()
+
+
+async def _resync_forever(ctl: Controller) -> None:
+    """Level-based safety net: revisit every object periodically, whatever events were lost."""
+    namespace = os.environ.get("SPECDECODE_NAMESPACE") or None
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        try:
+            for sdd in await ctl.kube.list_sdds(namespace):
+                ctl.trigger(sdd["metadata"]["namespace"], sdd["metadata"]["name"])
+        except Exception:  # keep the loop alive; the next round tries again
+            log.exception("periodic resync failed")
+
+
+@kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL)
+async def sdd_event(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        return
+    controller().trigger(namespace, name)
+
+
+def _child_event(labels: dict[str, str], namespace: str, event: dict[str, Any]) -> None:
+    owner = labels.get(LABEL_SDD)
+    if owner:
+        controller().trigger(namespace, owner)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_FILTER)
+async def deployment_event(labels: dict[str, str], namespace: str, event: dict[str, Any],
+                           **_: Any) -> None:
+    _child_event(labels, namespace, event)
+
+
+@kopf.on.event("v1", "services", labels=CHILD_FILTER)
+async def service_event(labels: dict[str, str], namespace: str, event: dict[str, Any],
+                        **_: Any) -> None:
+    _child_event(labels, namespace, event)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_FILTER)
+async def pdb_event(labels: dict[str, str], namespace: str, event: dict[str, Any],
+                    **_: Any) -> None:
+    _child_event(labels, namespace, event)
+
+
+@kopf.on.event("v1", "pods", labels=CHILD_FILTER)
+async def pod_event(labels: dict[str, str], namespace: str, event: dict[str, Any],
+                    **_: Any) -> None:
+    _child_event(labels, namespace, event)
