@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-unit test-plane lint cluster setup binaries system-deps clean
+.PHONY: demo test test-unit test-plane lint crds cluster setup binaries system-deps clean
 
 ## demo: set up everything and run the local demo (control plane with fake GPU nodes)
 demo: setup
@@ -23,6 +23,10 @@ test-plane: setup
 ## cluster: only the local control plane; prints the KUBECONFIG line; Ctrl-C stops it
 cluster: setup
 	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) $(BIN)/specdecode-cluster
+
+## crds: regenerate crds/ from the Python schema (the one source of truth)
+crds: $(VENV)/.installed
+	$(BIN)/python -m specdecode_operator.crd > crds/specdecode.io_specdecodedeployments.yaml
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from .render import LABEL_SDD, defaulted_spec, render
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+DISCOVERY_TTL = float(os.environ.get("SPECDECODE_DISCOVERY_TTL", "60"))
 
 
 def _now() -> str:
@@ -75,9 +77,9 @@ class Controller:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - t0)
 
     async def _pod_monitor_available(self) -> bool:
-        # The CRD rarely appears or goes: look again at most once a minute.
+        # The CRD rarely appears or goes: look again at most every DISCOVERY_TTL seconds.
         checked, available = self._pod_monitor
-        if time.monotonic() - checked > 60:
+        if time.monotonic() - checked > DISCOVERY_TTL:
             available = await self.kube.pod_monitor_available()
             self._pod_monitor = (time.monotonic(), available)
         return available

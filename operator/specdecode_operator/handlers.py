@@ -56,12 +56,13 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 async def _resync_forever(ctl: Controller) -> None:
     """Level-based safety net: revisit every object periodically, whatever events were lost."""
-    namespace = os.environ.get("SPECDECODE_NAMESPACE") or None
+    scope = [n for n in os.environ.get("SPECDECODE_NAMESPACES", "").split(",") if n] or [None]
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
         try:
-            for sdd in await ctl.kube.list_sdds(namespace):
-                ctl.trigger(sdd["metadata"]["namespace"], sdd["metadata"]["name"])
+            for namespace in scope:
+                for sdd in await ctl.kube.list_sdds(namespace):
+                    ctl.trigger(sdd["metadata"]["namespace"], sdd["metadata"]["name"])
         except Exception:  # keep the loop alive; the next round tries again
             log.exception("periodic resync failed")
 

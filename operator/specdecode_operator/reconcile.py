@@ -19,8 +19,10 @@ def is_subset(desired: Any, live: Any) -> bool:
     Lists must have the same length and match element-wise.
     """
     if isinstance(desired, dict):
+        # The apiserver drops empty lists and maps: absent equals empty.
         return isinstance(live, dict) and all(
-            k in live and is_subset(v, live[k]) for k, v in desired.items()
+            is_subset(v, live[k]) if k in live else v in ([], {}, None)
+            for k, v in desired.items()
         )
     if isinstance(desired, list):
         return isinstance(live, list) and len(desired) == len(live) and all(

@@ -127,7 +127,6 @@ def _container(spec: dict[str, Any], k: int | None) -> dict[str, Any]:
         "command": ["vllm", "serve"],
         "args": vllm_args(spec, k),
         "ports": [{"name": HTTP_PORT_NAME, "containerPort": port, "protocol": "TCP"}],
-        "env": env,
         "resources": {"limits": limits, "requests": requests},
         "volumeMounts": mounts,
         # Loading tens of GB of weights takes minutes: the port is closed until then.
@@ -139,6 +138,8 @@ def _container(spec: dict[str, Any], k: int | None) -> dict[str, Any]:
         "livenessProbe": {"httpGet": health, "periodSeconds": 15, "failureThreshold": 4,
                           "timeoutSeconds": 10},
     }
+    if env:
+        container["env"] = env
     if "imagePullPolicy" in spec:
         container["imagePullPolicy"] = spec["imagePullPolicy"]
     return container

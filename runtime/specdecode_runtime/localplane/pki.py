@@ -91,6 +91,26 @@ def _sign(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+def client_cert(
+    pki: PKI, user: str, groups: list[str], cert_path: Path, key_path: Path,
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
+) -> None:
+    """Sign a client certificate for ``user`` in ``groups`` with the plane's CA."""
+    if ca is None:
+        ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    else:
+        ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+    attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+    cert = _sign(x509.Name(attrs), key.public_key(), ca_cert.subject, ca_key,
+                 usages=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    _write_key(key_path, key)
+    _write_cert(cert_path, cert)
+
+
 def generate(directory: Path) -> PKI:
     """Write a complete set of plane credentials into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -128,13 +148,8 @@ def generate(directory: Path) -> PKI:
     _write_key(pki.serving_key, serving_key)
     _write_cert(pki.serving_cert, serving)
 
-    admin_key = ec.generate_private_key(ec.SECP256R1())
-    admin = _sign(
-        _name("specdecode-admin", "system:masters"), admin_key.public_key(), ca_name, ca_key,
-        usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
-    )
-    _write_key(pki.admin_key, admin_key)
-    _write_cert(pki.admin_cert, admin)
+    client_cert(pki, "specdecode-admin", ["system:masters"], pki.admin_cert, pki.admin_key,
+                ca=(ca, ca_key))
 
     # ServiceAccount tokens are RS256 by default; an RSA key keeps every client happy.
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
