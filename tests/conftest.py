@@ -15,8 +15,11 @@ import pytest
 
 from specdecode_runtime.localplane import LocalPlane
 
+from .operator_process import OperatorProcess, install_crds, start_operator
+
 REPO = Path(__file__).resolve().parents[1]
 _PLANE: list[LocalPlane] = []
+_OPERATOR: list[OperatorProcess] = []
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +29,24 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlane]:
         _PLANE.append(p)
         yield p
     _PLANE.clear()
+
+
+@pytest.fixture(scope="session")
+def crds(plane: LocalPlane) -> LocalPlane:
+    """The project's CRDs installed in the session's plane."""
+    install_crds(plane)
+    return plane
+
+
+@pytest.fixture(scope="session")
+def operator(crds: LocalPlane, plane: LocalPlane, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[OperatorProcess]:
+    """The operator running as a real process against the session's plane."""
+    op = start_operator(plane, tmp_path_factory.mktemp("operator"))
+    _OPERATOR.append(op)
+    yield op
+    op.stop()
+    _OPERATOR.clear()
 
 
 @pytest.fixture
@@ -44,3 +65,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     rep = outcome.get_result()
     if rep.failed and _PLANE and "plane" in getattr(item, "fixturenames", ()):
         rep.sections.append(("control-plane component logs (tail)", _PLANE[0].log_tails()))
+    if rep.failed and _OPERATOR and "operator" in getattr(item, "fixturenames", ()):
+        rep.sections.append(("operator log (tail)", _OPERATOR[0].log_tail()))

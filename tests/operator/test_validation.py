@@ -1,0 +1,111 @@
+"""Invalid SpecDecodeDeployments are rejected by the real apiserver (OpenAPI + CEL), with
+messages that tell the user what to write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from specdecode_runtime.localplane import LocalPlane
+
+from ..kube_helpers import apply, sdd_doc
+
+pytestmark = pytest.mark.plane
+
+OK: dict[str, Any] = {"model": {"name": "org/target"},
+                      "drafter": {"method": "mtp", "model": "org/target-assistant"}}
+
+
+def spec(**changes: Any) -> dict[str, Any]:
+    out = {**OK, **changes}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+INVALID = [
+    ("min-above-max", spec(draftTokens={"min": 6, "max": 4}),
+     "draftTokens.min must be less than or equal to draftTokens.max"),
+    ("initial-outside-bounds", spec(draftTokens={"initial": 9, "min": 2, "max": 8}),
+     "draftTokens.initial must lie within [draftTokens.min, draftTokens.max]"),
+    ("initial-above-16", spec(draftTokens={"initial": 17}),
+     "spec.draftTokens.initial: Invalid value: 17: spec.draftTokens.initial in body should be "
+     "less than or equal to 16"),
+    ("min-zero", spec(draftTokens={"min": 0}),
+     "spec.draftTokens.min in body should be greater than or equal to 1"),
+    ("eagle3-without-model", spec(drafter={"method": "eagle3"}),
+     "drafter.model is required when drafter.method is one of eagle, eagle3, draft_model"),
+    ("draft-model-without-model", spec(drafter={"method": "draft_model"}),
+     "drafter.model is required when drafter.method is one of eagle, eagle3, draft_model"),
+    ("ngram-with-model", spec(drafter={"method": "ngram", "model": "org/x"}),
+     "drafter.model must not be set when drafter.method is ngram, suffix, none"),
+    ("none-with-draft-tokens", spec(drafter={"method": "none"}, draftTokens={"max": 4}),
+     "draftTokens must not be set when drafter.method is none"),
+    ("unknown-method", spec(drafter={"method": "medusa", "model": "org/x"}),
+     'spec.drafter.method: Unsupported value: "medusa"'),
+    ("gpu-not-multiple-of-tp", spec(tensorParallelSize=2, gpu={"count": 3}),
+     "gpu.count must be a multiple of tensorParallelSize"),
+    ("engine-args-speculative-config", spec(engineArgs=["--speculative-config", "{}"]),
+     "engineArgs must not contain --speculative-config: the operator renders it; use "
+     "spec.drafter and spec.draftTokens"),
+    ("engine-args-port", spec(engineArgs=["--port=9000"]),
+     "engineArgs must not contain --port: the operator renders it; use spec.service.port"),
+    ("engine-args-served-name", spec(engineArgs=["--served-model-name", "x"]),
+     "use spec.model.servedName"),
+    ("engine-args-disable-log-stats", spec(engineArgs=["--disable-log-stats"]),
+     "engineArgs must not contain --disable-log-stats"),
+    ("engine-args-tp", spec(engineArgs=["-tp", "2"]), "use spec.tensorParallelSize"),
+    ("missing-model", spec(model=None), "spec.model: Required value"),
+    ("ngram-block-on-mtp", spec(drafter={"method": "mtp", "ngram": {"promptLookupMin": 2}}),
+     "drafter.ngram applies only to drafter.method ngram"),
+    ("lookup-min-above-max",
+     spec(drafter={"method": "ngram", "ngram": {"promptLookupMin": 5, "promptLookupMax": 2}}),
+     "drafter.ngram.promptLookupMin must be less than or equal to promptLookupMax"),
+    ("two-model-caches", spec(modelCache={"emptyDir": {}, "hostPath": {"path": "/models"}}),
+     "modelCache needs exactly one of emptyDir, persistentVolumeClaim, hostPath"),
+    ("rollout-all-zero", spec(rollout={"maxSurge": 0, "maxUnavailable": 0}),
+     "rollout.maxSurge and rollout.maxUnavailable cannot both be 0"),
+    ("unknown-autotune-mode", spec(autotune={"mode": "Sometimes"}),
+     'spec.autotune.mode: Unsupported value: "Sometimes"'),
+    ("unknown-workload", spec(workload="poetry"), 'spec.workload: Unsupported value: "poetry"'),
+    ("draft-tp-mismatch", spec(tensorParallelSize=4, gpu={"count": 4},
+                               drafter={"method": "mtp", "draftTensorParallelSize": 2}),
+     "drafter.draftTensorParallelSize must be 1 or equal to tensorParallelSize"),
+    ("negative-replicas", spec(replicas=-1),
+     "spec.replicas in body should be greater than or equal to 0"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "message"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_spec_is_rejected_with_a_clear_message(
+    crds: LocalPlane, namespace: str, case: str, body: dict[str, Any], message: str
+) -> None:
+    r = apply(crds, sdd_doc(case, namespace, body), check=False)
+    assert r.returncode != 0, f"{case} was accepted"
+    assert message in r.stderr, r.stderr
+    # Nothing was stored.
+    assert crds.kubectl("get", "sdd", case, "-n", namespace, check=False).returncode != 0
+
+
+def test_valid_variants_are_accepted(crds: LocalPlane, namespace: str) -> None:
+    for i, body in enumerate([
+        spec(),
+        spec(drafter={"method": "mtp"}),                        # in-checkpoint MTP heads
+        spec(drafter={"method": "ngram", "ngram": {"promptLookupMax": 4}}),
+        spec(drafter={"method": "none"}),
+        spec(engineArgs=["--model-impl=transformers", "--max-num-seqs", "64"]),
+        spec(tensorParallelSize=2, gpu={"count": 4}),
+        spec(rollout={"maxSurge": 0, "maxUnavailable": 1}),
+        spec(rollout={"maxSurge": "25%", "maxUnavailable": "25%"}),
+        spec(modelCache={"persistentVolumeClaim": {"claimName": "models"}}),
+    ]):
+        r = apply(crds, sdd_doc(f"ok-{i}", namespace, body), check=False)
+        assert r.returncode == 0, (body, r.stderr)
+
+
+def test_defaults_are_applied_by_the_apiserver(crds: LocalPlane, namespace: str) -> None:
+    apply(crds, sdd_doc("defaults", namespace, spec()))
+    from ..kube_helpers import get_json
+    stored = get_json(crds, "sdd", "defaults", "-n", namespace)["spec"]
+    from specdecode_operator.render import defaulted_spec
+    # The Python view of defaults equals what the apiserver stored.
+    assert defaulted_spec(spec()) == stored
