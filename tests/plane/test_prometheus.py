@@ -14,7 +14,7 @@ from ..kube_helpers import wait_for
 class _Counter(BaseHTTPRequestHandler):
     value = 0
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         _Counter.value += 5
         body = (f"# TYPE demo_total counter\ndemo_total {_Counter.value}\n").encode()
         self.send_response(200)
