@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="state directory: kubeconfig, PKI, logs (default ./.plane)")
     ap.add_argument("--gpu-nodes", type=int, default=2, help="fake GPU nodes (default 2)")
     ap.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
+    ap.add_argument("--runner-pods", action="store_true",
+                    help="leave pods labelled specdecode.io/deployment to specdecode-podrunner: "
+                         "kwok does not mark them Ready (see docs/pod-runner.md)")
     args = ap.parse_args(argv)
 
     directory = args.dir.resolve()
@@ -31,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     plane = LocalPlane(
         workdir=directory,
         nodes=GPUNodePool(count=args.gpu_nodes, gpus_per_node=args.gpus_per_node),
+        runner_pods=args.runner_pods,
     )
     stop = False
 
@@ -55,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         f"logs: {plane.logs}\n\n"
         f"  export KUBECONFIG={plane.kubeconfig}\n"
         f"  kubectl get nodes -L nvidia.com/gpu.product\n\n"
-        "Ctrl-C stops the plane.",
+        + (f"  specdecode-podrunner --kubeconfig {plane.kubeconfig} "
+           f"--state-dir {directory / 'podrunner'}\n\n" if args.runner_pods else "")
+        + "Ctrl-C stops the plane.",
         flush=True,
     )
     try:

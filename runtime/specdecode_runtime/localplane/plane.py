@@ -30,6 +30,23 @@ from . import pki as pki_mod
 from .binaries import Binaries, locate
 from .process import Component, PlaneError, free_port, tail
 
+RUNNER_POD_LABEL = "specdecode.io/deployment"
+# kwok selector keys are jq queries; a missing label yields null, which DoesNotExist matches.
+RUNNER_PODS_EXCLUDED = {
+    "key": f'.metadata.labels["{RUNNER_POD_LABEL}"]',
+    "operator": "DoesNotExist",
+}
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Keeps kwok's multi-line statusTemplate readable (literal block) in generated stages."""
+
+
+_BlockDumper.add_representer(
+    str,
+    lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|" if "\n" in v else None),
+)
+
 
 @dataclass(frozen=True)
 class GPUNodePool:
@@ -97,6 +114,9 @@ class LocalPlane:
     workdir: Path | None = None
     nodes: GPUNodePool = field(default_factory=GPUNodePool)
     controllers: bool = True
+    # Leave pods labelled specdecode.io/deployment to the pod runner (podrunner): kwok then
+    # neither starts them nor marks them Ready; it still deletes them once terminating.
+    runner_pods: bool = False
     binaries: Binaries | None = None
     timings: dict[str, float] = field(default_factory=dict)
     components: list[Component] = field(default_factory=list)
@@ -296,8 +316,26 @@ class LocalPlane:
             "--cidr=10.244.0.0/16",
             "--server-address=",
         ]
-        args += [f"--config={s}" for s in self.binaries.kwok_stages]
+        args += [f"--config={s}" for s in self._kwok_stage_files()]
         self._component("kwok", args)
+
+    def _kwok_stage_files(self) -> list[Path]:
+        stages = self.binaries.kwok_stages if self.binaries else []
+        if not self.runner_pods:
+            return stages
+        assert self.workdir
+        out = self.workdir / "kwok-stages"
+        out.mkdir(parents=True, exist_ok=True)
+        files = [s for s in stages if s.name != "pod-ready.yaml"]
+        if len(files) == len(stages):
+            raise PlaneError(f"runner_pods: no pod-ready.yaml among kwok stages {stages}")
+        # pod-delete stays stock: terminating runner pods are still deleted by kwok.
+        src = next(s for s in stages if s.name == "pod-ready.yaml")
+        doc = yaml.safe_load(src.read_text())
+        doc["spec"]["selector"]["matchExpressions"].append(RUNNER_PODS_EXCLUDED)
+        dst = out / src.name
+        dst.write_text(yaml.dump(doc, Dumper=_BlockDumper, sort_keys=False))
+        return [*files, dst]
 
     def _create_nodes(self) -> None:
         t0 = time.monotonic()
