@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 # Conditional acceptance past the observed K shrinks by this factor per extra position:
 # later positions are never easier than earlier ones in the published profiles.
-EXTRAPOLATION_DAMPING = 0.92
+EXTRAPOLATION_DAMPING = 0.97
 # Relative standard error added per extrapolated position (on top of sampling noise).
-EXTRAPOLATION_REL_ERROR = 0.12
+EXTRAPOLATION_REL_ERROR = 0.05
 
 
 @dataclass(frozen=True)

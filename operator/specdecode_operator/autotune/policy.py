@@ -37,7 +37,7 @@ class Settings:
     max_changes_per_day: int = 6
     allow_off: bool = False
     # goodput policy: the predicted gain (lower confidence bound) must beat both.
-    min_gain: float = 0.03
+    min_gain: float = 0.02
     restart_cost_seconds: float = 300.0
     horizon_seconds: float = 7200.0
     confidence_z: float = 1.64
@@ -203,15 +203,17 @@ def goodput_target(
 
 
 def decide(
-    settings: Settings, state: State, window: Window | None, *, now: float,
+    settings: Settings, state: State, window: Window, *, now: float,
     cost: CostProfile | None = None,
 ) -> Decision:
-    """Keep K or change it, with a human-readable reason and the tuner's new state."""
+    """Keep K or change it, with a human-readable reason and the tuner's new state.
+
+    ``window`` holds the counters of the K that runs now; with no metrics at all there is
+    nothing to decide and the caller reports that instead of calling this.
+    """
     s = settings
     cost = cost or default_profile()
     state = replace(state, changes=tuple(t for t in state.changes if now - t < DAY))
-    if window is None:
-        return _keep(0, state, "no metrics for the running K")
     k = window.k
     if s.mode == "Off":
         return _keep(k, state, "autotune is Off")
