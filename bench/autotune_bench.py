@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
-from specdecode_operator.autotune import (  # noqa: E402
+from specdecode_operator.autotune import (
     Settings,
     State,
     Window,

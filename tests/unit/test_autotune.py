@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import replace
@@ -243,7 +244,7 @@ def test_no_flapping_under_noise_with_a_stationary_workload(a: float, seed: int)
             ks.append(k)
     assert len(ks) <= 3, ks
     # No reversal: the sequence of Ks moves in one direction.
-    steps = [math.copysign(1, b - a) for a, b in zip(ks, ks[1:], strict=False)]
+    steps = [math.copysign(1, b - a) for a, b in itertools.pairwise(ks)]
     assert len(set(steps)) <= 1, ks
 
 
