@@ -1,0 +1,82 @@
+"""Fixtures of the pod runner tests: their own plane with ``runner_pods=True`` (kwok leaves
+labelled pods alone) and the ``specdecode-podrunner`` CLI running against it.
+
+The runner handles only gpu-node-0 (``--node``), so a test can run a second, in-process
+runner for gpu-node-1. ``vllm`` resolves to the real stand-in (``specdecode-sim`` next to this
+Python) when it is installed, else to ``fake_vllm.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from specdecode_runtime.localplane import GPUNodePool, LocalPlane
+from specdecode_runtime.podrunner import PodRunnerProcess
+
+HERE = Path(__file__).resolve().parent
+FAKE_VLLM = [sys.executable, str(HERE / "fake_vllm.py")]
+SIM = Path(sys.executable).parent / "specdecode-sim"
+RUNNER_NODE = "gpu-node-0"
+OTHER_NODE = "gpu-node-1"
+
+_STATE: dict[str, object] = {}
+
+
+def uses_real_sim() -> bool:
+    return SIM.exists()
+
+
+@pytest.fixture(scope="session")
+def rplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlane]:
+    p = LocalPlane(workdir=tmp_path_factory.mktemp("runner-plane"), runner_pods=True,
+                   nodes=GPUNodePool(count=2, gpus_per_node=8))
+    with p:
+        _STATE["plane"] = p
+        yield p
+    _STATE.pop("plane", None)
+
+
+@pytest.fixture(scope="session")
+def runner(rplane: LocalPlane, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[PodRunnerProcess]:
+    d = tmp_path_factory.mktemp("podrunner")
+    r = PodRunnerProcess(
+        kubeconfig=rplane.kubeconfig, state_dir=d / "state", targets_dir=d / "targets",
+        vllm_command=None if uses_real_sim() else FAKE_VLLM,
+        # Fast crash-loop back-off and short grace keep the module quick.
+        extra_args=[f"--node={RUNNER_NODE}", "--backoff-base=0.5", "--max-grace=10",
+                    "--log-level=DEBUG"],
+    )
+    with r:
+        _STATE["runner"] = r
+        yield r
+    _STATE.pop("runner", None)
+
+
+@pytest.fixture
+def rns(rplane: LocalPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:30].strip("-")
+    name = f"r-{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]}"
+    rplane.kubectl("create", "namespace", name)
+    yield name
+    rplane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    rep = outcome.get_result()
+    if not rep.failed:
+        return
+    runner = _STATE.get("runner")
+    if isinstance(runner, PodRunnerProcess) and "runner" in getattr(item, "fixturenames", ()):
+        rep.sections.append(("pod runner log (tail)", runner.log_tail(80)))
+    plane = _STATE.get("plane")
+    if isinstance(plane, LocalPlane) and "rplane" in getattr(item, "fixturenames", ()):
+        rep.sections.append(("runner plane component logs (tail)", plane.log_tails(15)))
