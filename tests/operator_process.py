@@ -40,7 +40,8 @@ class OperatorProcess:
              f"--liveness=http://127.0.0.1:{live}/healthz"],
             log_path=self.log_path,
             env={"KUBECONFIG": str(self.kubeconfig), "SPECDECODE_RESYNC_SECONDS": "10",
-                 "SPECDECODE_DISCOVERY_TTL": "2", **self.env},
+                 "SPECDECODE_DISCOVERY_TTL": "2", "SPECDECODE_AUTOTUNE_TICK": "1",
+                 **self.env},
         )
         self.comp.start()
 

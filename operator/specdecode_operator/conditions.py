@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .autotune.tuning_status import TUNER_CONDITION, TUNER_KEYS
 from .render import LABEL_SDD
 
 
@@ -130,7 +131,21 @@ def status(
     return out
 
 
-def differs(computed: dict[str, Any], live: dict[str, Any] | None) -> bool:
-    """True when writing ``computed`` would change the live status."""
+def with_tuner_fields(computed: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
+    """The reconcile's status plus what the autotuner last wrote (kept as it is)."""
     live = live or {}
-    return any(live.get(k) != v for k, v in computed.items())
+    out = dict(computed)
+    for k in TUNER_KEYS:
+        if k in live:
+            out[k] = live[k]
+    rec = (live.get("draftTokens") or {}).get("recommended")
+    if rec is not None and "draftTokens" in out:
+        out["draftTokens"] = {**out["draftTokens"], "recommended": rec}
+    tuner_cond = [c for c in live.get("conditions") or [] if c.get("type") == TUNER_CONDITION]
+    out["conditions"] = [*out["conditions"], *tuner_cond]
+    return out
+
+
+def differs(computed: dict[str, Any], live: dict[str, Any] | None) -> bool:
+    """True when applying ``computed`` (the whole status the operator owns) changes it."""
+    return computed != (live or {})

@@ -36,6 +36,8 @@ def _now() -> str:
 class Controller:
     kube: Kube
     _running: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    # Reconciles and tuning evaluations of one object never interleave: both write status.
+    _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     _again: set[Key] = field(default_factory=set)
     _pod_monitor: tuple[float, bool] = (0.0, False)
 
@@ -62,14 +64,19 @@ class Controller:
         while self._running:
             await asyncio.gather(*list(self._running.values()), return_exceptions=True)
 
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((namespace, name), asyncio.Lock())
+
     # ---- one pass ------------------------------------------------------------------------
     async def reconcile_key(self, namespace: str, name: str) -> None:
         t0 = time.monotonic()
         try:
-            sdd = await self.kube.get_sdd(namespace, name)
-            if sdd is None:  # deleted: garbage collection removes the children
-                return
-            await self.reconcile(sdd)
+            async with self.lock(namespace, name):
+                sdd = await self.kube.get_sdd(namespace, name)
+                if sdd is None:  # deleted: garbage collection removes the children
+                    self._locks.pop((namespace, name), None)
+                    return
+                await self.reconcile(sdd)
         except Exception:
             metrics.RECONCILE_ERRORS.inc()
             log.exception("reconcile of %s/%s failed", namespace, name)
@@ -128,9 +135,34 @@ class Controller:
         )
         if cur.k is not None:
             metrics.CURRENT_K.labels(namespace=ns, name=name).set(cur.k)
+        # One field manager owns all of status: re-assert what the tuner wrote.
+        new_status = conditions.with_tuner_fields(new_status, sdd.get("status"))
         if conditions.differs(new_status, sdd.get("status")):
             await self.kube.apply_status(sdd, new_status)
             await self._status_events(sdd, new_status, old_k, cur)
+
+    async def apply_tuner_status(
+        self, sdd: dict[str, Any], tuner_fields: dict[str, Any], condition: dict[str, Any],
+        current_k: int | None, recommended: int | None,
+    ) -> bool:
+        """Write the tuner's status fields (under the object's lock); True if written."""
+        live = sdd.get("status") or {}
+        new = {k: v for k, v in live.items() if k not in conditions.TUNER_KEYS}
+        new.update(tuner_fields)
+        dtk = dict(live.get("draftTokens") or {})
+        if current_k is not None and "current" in dtk:
+            dtk["current"] = current_k
+        if recommended is not None:
+            dtk["recommended"] = recommended
+        if dtk:
+            new["draftTokens"] = dtk
+        others = [c for c in live.get("conditions") or []
+                  if c.get("type") != condition["type"]]
+        new["conditions"] = [*others, condition]
+        if not conditions.differs(new, live):
+            return False
+        await self.kube.apply_status(sdd, new)
+        return True
 
     async def _status_events(
         self, sdd: dict[str, Any], new: dict[str, Any], old_k: Any,

@@ -297,14 +297,63 @@ def _model_cache() -> dict[str, Any]:
     )
 
 
+PAUSE_ANNOTATION = "specdecode.io/autotune-paused"
+
+
 def _autotune() -> dict[str, Any]:
     return obj(
-        "Draft-length autotuning. Auto: the operator changes K (a rolling restart); "
-        "Recommend: it only writes the recommended K to status; Off: K stays at "
-        "draftTokens.initial.",
+        "Draft-length autotuning from vLLM's acceptance metrics in Prometheus. Auto: the "
+        "operator changes K (each change is a rolling restart); Recommend: it only writes "
+        "the recommended K to status; Off: K stays at draftTokens.initial. The annotation "
+        f"{PAUSE_ANNOTATION}: \"true\" pauses it.",
         {
             "mode": string("Autotuning mode.", enum=["Off", "Recommend", "Auto"],
                            default="Auto"),
+            "policy": string(
+                "goodput: pick the K with the best predicted tokens/s under the observed "
+                "load, net of the restart cost. threshold: the published rule (acceptance "
+                "below lowAcceptance -> K-step, above highAcceptance -> K+step).",
+                enum=["goodput", "threshold"], default="goodput"),
+            "intervalSeconds": integer("How often K is evaluated.", minimum=5,
+                                       maximum=86_400, default=60),
+            "windowSeconds": integer("Metrics window of one evaluation.", minimum=30,
+                                     maximum=86_400, default=600),
+            "cooldownSeconds": integer(
+                "Minimum time between two K changes (each is a rolling restart).",
+                minimum=0, maximum=604_800, default=1800),
+            "maxStep": integer("Largest change of K in one decision.", minimum=1,
+                               maximum=15, default=4),
+            "maxChangesPerDay": integer("K changes allowed in any 24 hours.", minimum=0,
+                                        maximum=1000, default=6),
+            "allowOff": boolean(
+                "Allow turning speculative decoding off (K=0) when load makes it a loss.",
+                default=False),
+            "minGain": number("Smallest predicted relative goodput gain (lower confidence "
+                              "bound) worth a change, before the restart cost.",
+                              minimum=0, maximum=1, default=0.02),
+            "restartCostSeconds": integer(
+                "Serving time lost per change (model load, rollout), charged against the "
+                "gain over a two-hour horizon.", minimum=0, maximum=86_400, default=300),
+            "evidence": obj("Evidence gate: no decision on less data than this.", {
+                "minDrafts": integer("Drafts in the window.", minimum=0, default=2000),
+                "minRequests": integer("Finished requests in the window.", minimum=0,
+                                       default=20),
+            }, default={}),
+            "threshold": obj(
+                "Parameters of the threshold policy.",
+                {
+                    "lowAcceptance": number("Acceptance rate below which K drops.",
+                                            minimum=0, maximum=1, default=0.5),
+                    "highAcceptance": number("Acceptance rate above which K grows.",
+                                             minimum=0, maximum=1, default=0.85),
+                    "step": integer("Change of K per decision.", minimum=1, maximum=8,
+                                    default=2),
+                },
+                rules=[("!has(self.lowAcceptance) || !has(self.highAcceptance) || "
+                        "self.lowAcceptance < self.highAcceptance",
+                        "autotune.threshold.lowAcceptance must be less than highAcceptance")],
+                default={},
+            ),
         },
         default={},
     )
@@ -406,6 +455,17 @@ def spec_schema() -> dict[str, Any]:
     )
 
 
+def _decision_schema() -> dict[str, Any]:
+    return obj("A tuning decision.", {
+        "time": string("When it was made.", format="date-time"),
+        "from": integer("K before."),
+        "to": integer("K after (equal to from when kept)."),
+        "recommended": integer("K the policy recommended."),
+        "policy": string("Policy that decided."),
+        "reason": string("Why, in words."),
+    })
+
+
 def status_schema() -> dict[str, Any]:
     condition = obj(
         "A condition (Kubernetes API conventions).",
@@ -436,6 +496,26 @@ def status_schema() -> dict[str, Any]:
             "acceptance": obj("Observed acceptance of draft tokens at the current K.", {
                 "rate": string("Accepted / proposed draft tokens, e.g. 0.71."),
                 "meanLength": string("Tokens per verify step including the bonus token."),
+                "perPosition": array("Survival S_i: share of drafts whose first i tokens "
+                                     "were all accepted, i = 1..K.", string("A fraction.")),
+                "tokensPerSecond": string("Generated tokens/s over the window, all pods."),
+                "predictedGain": string("Predicted goodput gain of the recommended K."),
+                "windowSeconds": integer("Length of the window these come from."),
+            }),
+            "autotune": obj("The autotuner's persisted state.", {
+                "lastChangeTime": string("When K last changed.", format="date-time"),
+                "changes": array("K changes in the last 24 hours.",
+                                 string("Time.", format="date-time"), maxItems=1000),
+                "pending": obj("A recommendation awaiting confirmation.", {
+                    "k": integer("Recommended K."),
+                    "count": integer("Consecutive evaluations that recommended it."),
+                }),
+                "survival": array("Last measured survival profile (kept while off).",
+                                  string("A fraction."), maxItems=16),
+                "lastDecision": _decision_schema(),
+                "history": array("Recent decisions that changed or recommended a K "
+                                 "(newest last, at most 10).", _decision_schema(),
+                                 maxItems=10),
             }),
             "conditions": array("Conditions.", condition,
                                 **{"x-kubernetes-list-type": "map",

@@ -37,7 +37,7 @@ def bounds(spec: dict[str, Any]) -> DraftBounds | None:
 
 @dataclass(frozen=True)
 class CurrentK:
-    k: int | None  # None: speculation off
+    k: int | None  # None: speculation off (method none); 0: turned off by the autotuner
     reason: str
 
 
@@ -60,6 +60,11 @@ def current_k(spec: dict[str, Any], status: dict[str, Any] | None) -> CurrentK:
         return CurrentK(b.initial, f"autotune is Off: K pinned to the initial {b.initial}")
     if seen_initial is not None and int(seen_initial) != b.initial:
         return CurrentK(b.initial, f"initial K changed to {b.initial} in the spec")
+    if int(cur) == 0:
+        # The autotuner turned speculation off under load; only while allowOff holds.
+        if (spec.get("autotune") or {}).get("allowOff"):
+            return CurrentK(0, "speculation off (chosen by the autotuner under load)")
+        return CurrentK(b.initial, f"allowOff was withdrawn: back to the initial {b.initial}")
     if not b.min <= int(cur) <= b.max:
         k = b.clamp(int(cur))
         return CurrentK(k, f"K {cur} is outside [{b.min}, {b.max}]: clamped to {k}")

@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from . import crd
+from .autotune.loop import Tuner
 from .controller import Controller
 from .kube import Kube
 from .render import LABEL_SDD, MANAGER
@@ -42,13 +43,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     kube = Kube.from_env(os.environ.get("KUBECONFIG") or None)
     _controller = Controller(kube)
     memo["resync"] = asyncio.create_task(_resync_forever(_controller))
+    memo["tuner"] = asyncio.create_task(Tuner.from_env(_controller).run_forever())
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("resync")
-    if task:
-        task.cancel()
+    for name in ("resync", "tuner"):
+        task = memo.get(name)
+        if task:
+            task.cancel()
     if _controller is not None:
         await _controller.idle()
         await _controller.kube.close()

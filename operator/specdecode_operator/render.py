@@ -61,7 +61,7 @@ def vllm_args(spec: dict[str, Any], k: int | None) -> list[str]:
         args += ["--revision", model["revision"]]
     if "maxModelLen" in model:
         args += ["--max-model-len", str(model["maxModelLen"])]
-    if k is not None:
+    if k:  # None (method none) and 0 (off under load) render no speculation
         cfg = json.dumps(speculative_config(spec, k), separators=(",", ":"))
         args += ["--speculative-config", cfg]
     return args + list(spec.get("engineArgs", []))
@@ -180,7 +180,7 @@ def deployment(sdd: dict[str, Any], spec: dict[str, Any], k: int | None) -> dict
         "prometheus.io/port": str(port),
         "prometheus.io/path": "/metrics",
     }
-    if k is not None:
+    if k:
         pod_annotations[ANNOTATION_SPEC_CONFIG] = json.dumps(
             speculative_config(spec, k), separators=(",", ":"))
     node_selector = dict(spec.get("nodeSelector") or {})

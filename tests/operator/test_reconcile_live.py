@@ -246,6 +246,9 @@ def test_no_op_reconcile_and_restart_make_zero_writes(
         apply(plane, doc, "-n", namespace)
     for i in range(len(EXPECTED_ARGS)):
         wait_ready(plane, namespace, f"quiet-{i}")
+        # The autotuner's first evaluation (no Prometheus here) is a real change too.
+        wait_for("MetricsAvailable reported", lambda i=i: condition(
+            get_json(plane, "sdd", f"quiet-{i}", "-n", namespace), "MetricsAvailable"))
     wait_quiet(operator)
     # The audit log does see this operator's writes (creating the children above).
     created = [w for w in plane.audit_writes(OPERATOR_USER)

@@ -187,6 +187,12 @@ def test_threshold_policy_is_the_published_rule() -> None:
     assert not mid.changed
 
 
+def test_python_defaults_equal_the_crd_defaults() -> None:
+    from specdecode_operator.render import defaulted_spec
+    spec = defaulted_spec({"model": {"name": "x"}, "drafter": {"method": "mtp"}})
+    assert Settings.from_spec(spec) == Settings()
+
+
 def test_settings_from_spec() -> None:
     spec = {"draftTokens": {"min": 2, "max": 9}, "autotune": {
         "mode": "Recommend", "policy": "threshold", "cooldownSeconds": 3600,

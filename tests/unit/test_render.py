@@ -200,6 +200,6 @@ def test_schema_defaults_fill_nested_objects_like_the_apiserver() -> None:
     out = crd.schema_defaults(crd.spec_schema(), {**BASE, "drafter": {"method": "mtp"}})
     assert out["service"] == {"type": "ClusterIP", "port": 8000}
     assert out["rollout"] == {"maxSurge": 1, "maxUnavailable": 0}
-    assert out["autotune"] == {"mode": "Auto"}
+    assert out["autotune"]["mode"] == "Auto" and out["autotune"]["cooldownSeconds"] >= 900
     assert "draftTokens" not in out   # no object default: method none can forbid it
     assert crd.schema_defaults(crd.spec_schema(), out) == out
