@@ -278,13 +278,18 @@ class VllmMetrics:
 
     # ---- updates -------------------------------------------------------------------------------
 
+    def set_load(self, running: int, waiting: int, kv_cache_usage: float) -> None:
+        if not self.enabled:
+            return
+        self.running.set(running)
+        self.waiting.set(waiting)
+        self.waiting_capacity.set(waiting)
+        self.kv_usage.set(kv_cache_usage)
+
     def observe_step(self, out: StepOutput) -> None:
         if not self.enabled:
             return
-        self.running.set(out.num_running)
-        self.waiting.set(out.num_waiting)
-        self.waiting_capacity.set(out.num_waiting)
-        self.kv_usage.set(out.kv_cache_usage)
+        self.set_load(out.num_running, out.num_waiting, out.kv_cache_usage)
         if out.prompt_tokens:
             self.prompt_tokens.inc(out.prompt_tokens)
             self.prompt_local.inc(out.prompt_tokens)

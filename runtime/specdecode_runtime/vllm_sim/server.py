@@ -130,9 +130,10 @@ class SimServer:
             log.info("specdecode-sim: simulating model loading for %.1f s", a.sim.startup_delay)
             await asyncio.sleep(a.sim.startup_delay)
         app = self._app()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                    shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.SockSite(self._runner, sock, shutdown_timeout=0.5)
+        site = web.SockSite(self._runner, sock)
         await site.start()
         # Schedule times count from readiness.
         self.core.config.ready_at = self.now()
@@ -176,6 +177,9 @@ class SimServer:
             await asyncio.sleep(delay if delay > 0 else 0)
             self._last_end, continuous = out.end, True
             self.metrics.observe_step(out)
+            # Requests aborted while the step ran are gone already: gauges show the live state.
+            self.metrics.set_load(len(self.core.running), len(self.core.waiting),
+                                  self.core.kv_cache_usage())
             self._interval.add(out)
             for e in out.emissions:
                 stream = self._streams.get(e.request_id)
@@ -211,6 +215,8 @@ class SimServer:
             finished = self.core.abort(rid, self.now())
             if finished is not None:
                 self.metrics.observe_finished(finished)
+                self.metrics.set_load(len(self.core.running), len(self.core.waiting),
+                                      self.core.kv_cache_usage())
 
     # ---- HTTP ------------------------------------------------------------------------------
 
