@@ -168,8 +168,10 @@ class SimServer:
                 self._wake.clear()
                 await self._wake.wait()
             wall = self.now()
-            start = self._last_end if continuous and 0 <= wall - self._last_end < \
-                RESYNC_SECONDS else wall
+            if continuous and wall - self._last_end < RESYNC_SECONDS:
+                start = self._last_end  # back-to-back steps, timer jitter absorbed
+            else:
+                start = max(wall, self._last_end)
             out = self.core.step(start)
             if out is None:
                 continue
