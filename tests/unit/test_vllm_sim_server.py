@@ -249,6 +249,22 @@ def test_client_disconnect_aborts_the_request() -> None:
         assert m[("vllm:num_requests_running", LV)] == 0
 
 
+def test_engine_death_fails_requests_and_health() -> None:
+    """Like vLLM's EngineDeadError: in-flight and new requests get 500, /health 503."""
+    with ThreadedSim.start([*BASE, *SPEC], env={}) as s:
+        assert s.server is not None
+        core = s.server.core
+
+        def boom(now: float) -> None:
+            raise RuntimeError("simulated CUDA error")
+        s.call(lambda: setattr(core, "step", boom))
+        r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": "x"})
+        assert r.status_code == 500 and r.json()["error"]["type"] == "InternalServerError"
+        assert httpx.get(s.url + "/health").status_code == 503
+        assert httpx.post(s.url + "/v1/completions",
+                          json={"model": "tiny", "prompt": "x"}).status_code == 500
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -34,6 +34,8 @@ engine_log = logging.getLogger("vllm.v1.metrics.loggers")
 # When the loop wakes late by less than this, the next step still starts at the previous
 # step's modelled end, so timer jitter does not eat simulated throughput.
 RESYNC_SECONDS = 0.05
+ENGINE_DEAD = api.ApiError("EngineCore encountered an issue. See stack trace for the root cause.",
+                           500, "InternalServerError")
 
 
 def _dumps(obj: Any) -> str:
@@ -62,7 +64,7 @@ def setup_logging() -> None:
 
 @dataclass
 class _Stream:
-    queue: asyncio.Queue[Emission]
+    queue: asyncio.Queue[Emission | None]  # None: the engine died
     finished: bool = False
 
 
@@ -94,6 +96,7 @@ class SimServer:
         self._runner: web.AppRunner | None = None
         self._interval = IntervalStats()
         self._created = int(time.time())
+        self._dead = False
 
     def now(self) -> float:
         return self._clock() - self._epoch
@@ -137,7 +140,7 @@ class SimServer:
         await site.start()
         # Schedule times count from readiness.
         self.core.config.ready_at = self.now()
-        self._tasks = [asyncio.create_task(self._engine_loop())]
+        self._tasks = [asyncio.create_task(self._engine_guard())]
         if not a.disable_log_stats and a.sim.log_interval > 0:
             self._tasks.append(asyncio.create_task(self._stats_loop()))
         shown = f"[{a.host}]" if ":" in a.host else a.host
@@ -159,6 +162,20 @@ class SimServer:
             self._runner = None
 
     # ---- engine loop -----------------------------------------------------------------------
+
+    @property
+    def engine_dead(self) -> bool:
+        return self._dead
+
+    async def _engine_guard(self) -> None:
+        """vLLM's EngineDeadError: in-flight requests fail with 500, /health turns 503."""
+        try:
+            await self._engine_loop()
+        except Exception:
+            log.exception("EngineCore encountered a fatal error.")
+            self._dead = True
+            for stream in self._streams.values():
+                stream.queue.put_nowait(None)
 
     async def _engine_loop(self) -> None:
         continuous = False
@@ -245,7 +262,7 @@ class SimServer:
         return await handler(request)
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.Response(status=200)
+        return web.Response(status=503 if self._dead else 200)
 
     async def _version(self, request: web.Request) -> web.Response:
         return _json({"version": VLLM_VERSION})
@@ -275,6 +292,8 @@ class SimServer:
                                     max_model_len=self.args.max_model_len)
         except api.ApiError as e:
             return _json(e.body(), status=e.status)
+        if self._dead:
+            return _json(ENGINE_DEAD.body(), status=ENGINE_DEAD.status)
         rid, created = api.new_id(chat), int(time.time())
         key = api.prompt_key(req.prompt_text)
         stream = self._submit(req, rid)
@@ -284,6 +303,8 @@ class SimServer:
             parts: list[str] = []
             while True:
                 e = await stream.queue.get()
+                if e is None:
+                    return _json(ENGINE_DEAD.body(), status=ENGINE_DEAD.status)
                 parts.append(api.filler(key, e.start, e.count))
                 if e.finish_reason:
                     stream.finished = True
@@ -308,6 +329,9 @@ class SimServer:
                 await send(api.stream_chunk(req, rid, created, None, None, role=True))
             while True:
                 e = await stream.queue.get()
+                if e is None:  # vLLM ends the stream with an error event
+                    await send(ENGINE_DEAD.body())
+                    break
                 await send(api.stream_chunk(req, rid, created, api.filler(key, e.start, e.count),
                                             e.finish_reason))
                 if e.finish_reason:
