@@ -2,8 +2,9 @@
 labelled pods alone) and the ``specdecode-podrunner`` CLI running against it.
 
 The runner handles only gpu-node-0 (``--node``), so a test can run a second, in-process
-runner for gpu-node-1. ``vllm`` resolves to the real stand-in (``specdecode-sim`` next to this
-Python) when it is installed, else to ``fake_vllm.py``.
+runner for gpu-node-1. ``vllm`` resolves to the real stand-in, ``specdecode-sim`` next to this
+Python (its absence is an error, not a skip); tests that need to flip health or ignore SIGTERM
+run ``fake_vllm.py`` as the pod's own command.
 """
 
 from __future__ import annotations
@@ -28,10 +29,6 @@ OTHER_NODE = "gpu-node-1"
 _STATE: dict[str, object] = {}
 
 
-def uses_real_sim() -> bool:
-    return SIM.exists()
-
-
 @pytest.fixture(scope="session")
 def rplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlane]:
     p = LocalPlane(workdir=tmp_path_factory.mktemp("runner-plane"), runner_pods=True,
@@ -45,10 +42,12 @@ def rplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlane]:
 @pytest.fixture(scope="session")
 def runner(rplane: LocalPlane, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[PodRunnerProcess]:
+    if not SIM.exists():
+        raise RuntimeError(f"{SIM} is missing: install the project (pip install -e .)")
     d = tmp_path_factory.mktemp("podrunner")
     r = PodRunnerProcess(
         kubeconfig=rplane.kubeconfig, state_dir=d / "state", targets_dir=d / "targets",
-        vllm_command=None if uses_real_sim() else FAKE_VLLM,
+        vllm_command=None,  # the default: specdecode-sim next to this Python
         # Fast crash-loop back-off and short grace keep the module quick.
         extra_args=[f"--node={RUNNER_NODE}", "--backoff-base=0.5", "--max-grace=10",
                     "--log-level=DEBUG"],

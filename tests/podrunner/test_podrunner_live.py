@@ -21,7 +21,7 @@ from specdecode_runtime.podrunner import PodRunner, PodRunnerProcess, RunnerConf
 from specdecode_runtime.prometheus import PrometheusServer
 from tests.kube_helpers import condition, get_json, get_or_none, wait_for
 
-from .conftest import FAKE_VLLM, OTHER_NODE, RUNNER_NODE, SIM, uses_real_sim
+from .conftest import FAKE_VLLM, OTHER_NODE, RUNNER_NODE, SIM
 
 pytestmark = pytest.mark.plane
 
@@ -142,8 +142,8 @@ def test_labelled_pod_runs_on_a_rewritten_local_port_and_ready_waits_for_health(
     assert http_status(port, "/health") != 200
 
     argv = cmdline(pid)
-    expected_exe = str(SIM) if uses_real_sim() else FAKE_VLLM[1]
-    assert expected_exe in argv[:2]
+    # The console script runs through its shebang: python, script, args.
+    assert argv[1:4] == [str(SIM), "serve", "meta-llama/Llama-3.1-8B-Instruct"]
     assert flag(argv, "--port") == str(port) != "8000"
     assert flag(argv, "--host") == "127.0.0.1"
     assert argv.count("--port") == 1 and argv.count("--host") == 1
@@ -328,8 +328,6 @@ def test_in_process_runner_stops_its_processes_and_marks_pods_not_ready(
     cfg = RunnerConfig(kubeconfig=rplane.kubeconfig, node=OTHER_NODE,
                        state_dir=tmp_path / "state", targets_dir=tmp_path / "targets",
                        sync_interval=0.5)
-    if not uses_real_sim():
-        cfg.vllm_command = FAKE_VLLM
     r = PodRunner(cfg)
     r.start()
     try:
@@ -349,3 +347,31 @@ def test_in_process_runner_stops_its_processes_and_marks_pods_not_ready(
     pod = get_pod(rplane, rns, "mine")
     assert pod and not is_ready(pod)
     assert container_status(pod)["state"] == {"waiting": {"reason": "RunnerStopped"}}
+
+
+def test_a_new_runner_kills_the_orphans_of_a_killed_one_and_restarts_them(
+        rplane: LocalPlane, runner: PodRunnerProcess, rns: str, tmp_path: Path) -> None:
+    def other_runner() -> PodRunnerProcess:
+        return PodRunnerProcess(kubeconfig=rplane.kubeconfig, state_dir=tmp_path / "state",
+                                targets_dir=tmp_path / "targets", namespace=rns,
+                                extra_args=[f"--node={OTHER_NODE}"])
+
+    first = other_runner()
+    with first:
+        create(rplane, pod_doc("orphan", rns, node=OTHER_NODE))
+        old = pid_of(ready_pod(rplane, rns, "orphan"))
+        assert old
+        assert first.comp and first.comp.proc
+        first.comp.proc.kill()  # SIGKILL: no chance to stop its processes
+        first.comp.proc.wait()
+    assert alive(old), "the pod's process has its own session: it outlives the runner"
+
+    with other_runner() as second:
+        wait_for("orphan killed", lambda: not alive(old), 10)
+        pod = wait_for("restarted by the new runner", lambda: (p := get_pod(rplane, rns, "orphan"))
+                       and pid_of(p) not in (None, old) and is_ready(p) and p, 40)
+        assert container_status(pod)["restartCount"] == 1
+        state = second.pod_state(rns, "orphan")
+        assert state and state["pid"] == pid_of(pod)
+        new = pid_of(pod)
+    assert new and not alive(new)

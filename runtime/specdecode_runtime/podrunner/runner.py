@@ -5,8 +5,11 @@ container's command as a local process on 127.0.0.1 (``vllm`` -> the vLLM stand-
 Prometheus file_sd target for it, mirrors its ``/health`` into the pod's Ready condition,
 restarts it with back-off when it exits, and stops it when the pod goes away.
 
-One sync thread does all decisions (list pods -> compare with the processes -> act -> probe ->
-patch status); a watch thread only wakes it early. Pure parts live in command.py and status.py.
+One sync thread does all decisions every ``sync_interval`` (list pods -> compare with the
+processes -> act -> probe -> patch status). It polls rather than watches: lightkube decodes with
+msgspec, whose lazy type set-up crashed the process (SIGSEGV) when a watch thread and the sync
+thread decoded Pods at the same time; so every API call also goes through one lock, and the
+types are decoded once up front. Pure parts live in command.py and status.py.
 
     runner = PodRunner(RunnerConfig(kubeconfig=..., state_dir=...))
     runner.start()   # returns once the first sync is done
@@ -35,6 +38,7 @@ from typing import Any
 import httpx2 as httpx  # lightkube 1.x is built on httpx2
 from lightkube import ApiError, Client, KubeConfig
 from lightkube import operators as ops
+from lightkube.core import decoders
 from lightkube.resources.core_v1 import ConfigMap, Pod, Secret
 from lightkube.types import PatchType
 
@@ -113,6 +117,13 @@ class Managed:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
 
+def _warm_up_decoders() -> None:
+    """Decode each type once, in the caller's thread, before any thread of ours does."""
+    for res in (Pod, Secret, ConfigMap):
+        decoders.decode_list(b'{"items":[],"metadata":{}}', res)
+        decoders.decode_object(b'{"metadata":{}}', res)
+
+
 def _to_dict(obj: Any) -> dict[str, Any]:
     return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
 
@@ -162,7 +173,9 @@ class PodRunner:
         self._threads: list[threading.Thread] = []
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._lock = threading.Lock()  # guards _pods for snapshot() from other threads
+        self._api = threading.Lock()  # one lightkube call at a time (see module docstring)
         self.client = self._client()
+        _warm_up_decoders()
 
     # ---- lifecycle -----------------------------------------------------------------------
     def _client(self) -> Client:
@@ -175,10 +188,9 @@ class PodRunner:
         for d in ("logs", "pods"):
             (self.state_dir / d).mkdir(parents=True, exist_ok=True)
         self._reap_orphans()
-        for target, name in ((self._sync_loop, "sync"), (self._watch_loop, "watch")):
-            t = threading.Thread(target=target, name=f"podrunner-{name}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        t = threading.Thread(target=self._sync_loop, name="podrunner-sync", daemon=True)
+        t.start()
+        self._threads.append(t)
         if not self._synced.wait(timeout):
             self.stop()
             raise RuntimeError(f"pod runner: no successful sync within {timeout}s")
@@ -202,7 +214,6 @@ class PodRunner:
         self._probes.shutdown(wait=False)
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / "runner.json").unlink()
-        # The watch thread is a daemon blocked in a long poll; it notices _stop and exits.
 
     def __enter__(self) -> PodRunner:
         self.start()
@@ -227,29 +238,14 @@ class PodRunner:
                 log.exception("sync failed (retrying)")
             self._wake.wait(self.config.sync_interval)
             self._wake.clear()
-            time.sleep(0.05)  # coalesce bursts of watch events (our own patches among them)
-
-    def _watch_loop(self) -> None:
-        client = self._client()
-        labels = {self.config.label: ops.exists()}
-        fields = {"spec.nodeName": self.config.node} if self.config.node else None
-        while not self._stop.is_set():
-            try:
-                for _ in client.watch(Pod, namespace=self.config.namespace or "*",
-                                      labels=labels, fields=fields, server_timeout=10):
-                    self._wake.set()
-                    if self._stop.is_set():
-                        return
-            except Exception as e:  # the sync loop still polls; only latency suffers
-                log.debug("watch: %s (reconnecting)", e)
-                self._stop.wait(1.0)
 
     # ---- one sync pass -------------------------------------------------------------------
     def _list_pods(self) -> list[dict[str, Any]]:
         labels = {self.config.label: ops.exists()}
         fields = {"spec.nodeName": self.config.node} if self.config.node else None
-        return [_to_dict(p) for p in self.client.list(
-            Pod, namespace=self.config.namespace or "*", labels=labels, fields=fields)]
+        with self._api:
+            return [_to_dict(p) for p in self.client.list(
+                Pod, namespace=self.config.namespace or "*", labels=labels, fields=fields)]
 
     def sync_once(self) -> None:
         pods = self._list_pods()
@@ -339,7 +335,9 @@ class PodRunner:
     def _lookup(self, kind: str, namespace: str, name: str) -> Mapping[str, str] | None:
         res = Secret if kind == "Secret" else ConfigMap
         try:
-            return _to_dict(self.client.get(res, name, namespace=namespace)).get("data") or {}
+            with self._api:
+                obj = _to_dict(self.client.get(res, name, namespace=namespace))
+            return obj.get("data") or {}
         except ApiError as e:
             if e.status.code == 404:
                 return None
@@ -438,10 +436,11 @@ class PodRunner:
         """A kubelet's last word on a terminating pod: delete it with grace 0 (kwok's
         pod-delete stage usually got there first)."""
         try:
-            pod = _to_dict(self.client.get(Pod, name, namespace=namespace))
-            if (pod.get("metadata") or {}).get("uid") != uid:
-                return  # a new pod with the same name: not ours to delete
-            self.client.delete(Pod, name, namespace=namespace, grace_period=0)
+            with self._api:
+                pod = _to_dict(self.client.get(Pod, name, namespace=namespace))
+                if (pod.get("metadata") or {}).get("uid") != uid:
+                    return  # a new pod with the same name: not ours to delete
+                self.client.delete(Pod, name, namespace=namespace, grace_period=0)
         except ApiError as e:
             if e.status.code != 404:
                 log.warning("pod %s/%s: final delete failed: %s", namespace, name, e)
@@ -515,5 +514,6 @@ class PodRunner:
                     raise
 
     def _patch_status(self, m: Managed, desired: dict[str, Any]) -> Any:
-        return self.client.patch(Pod.Status, m.name, {"status": desired},
-                                 namespace=m.namespace, patch_type=PatchType.STRATEGIC)
+        with self._api:
+            return self.client.patch(Pod.Status, m.name, {"status": desired},
+                                     namespace=m.namespace, patch_type=PatchType.STRATEGIC)
