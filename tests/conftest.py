@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from specdecode_runtime.localplane import LocalPlane
+from specdecode_runtime.prometheus import PrometheusServer
 
 from .operator_process import OperatorProcess, install_crds, start_operator
 
@@ -39,10 +40,19 @@ def crds(plane: LocalPlane) -> LocalPlane:
 
 
 @pytest.fixture(scope="session")
-def operator(crds: LocalPlane, plane: LocalPlane, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[OperatorProcess]:
-    """The operator running as a real process against the session's plane."""
-    op = start_operator(plane, tmp_path_factory.mktemp("operator"))
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """A real Prometheus scraping file_sd targets every second."""
+    with PrometheusServer(tmp_path_factory.mktemp("prometheus"), scrape_interval="1s") as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def operator(crds: LocalPlane, plane: LocalPlane, prometheus: PrometheusServer,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The operator running as a real process against the session's plane and Prometheus."""
+    op = start_operator(plane, tmp_path_factory.mktemp("operator"),
+                        env={"SPECDECODE_PROMETHEUS_URL": prometheus.url,
+                             "SPECDECODE_PROMETHEUS_TIMEOUT": "2"})
     _OPERATOR.append(op)
     yield op
     op.stop()

@@ -96,12 +96,14 @@ def install_crds(plane: LocalPlane) -> None:
                   "crd/specdecodedeployments.specdecode.io")
 
 
-def start_operator(plane: LocalPlane, workdir: Path) -> OperatorProcess:
+def start_operator(plane: LocalPlane, workdir: Path,
+                   env: dict[str, str] | None = None) -> OperatorProcess:
     # A distinct identity so the apiserver's audit log attributes every write to it.
     # TODO(helm issue): run with the chart's ServiceAccount and least-privilege RBAC.
     kc = plane.user_kubeconfig(OPERATOR_USER, ["system:masters"])
     op = OperatorProcess(plane=plane, workdir=workdir, kubeconfig=kc,
-                         env={"PYTHONUNBUFFERED": "1", "PATH": os.environ.get("PATH", "")})
+                         env={"PYTHONUNBUFFERED": "1", "PATH": os.environ.get("PATH", ""),
+                              **(env or {})})
     op.start()
     return op
 
