@@ -67,7 +67,7 @@ class KFollower:
         while not self._stop.wait(0.5):
             try:
                 k = deployed_k(self.plane, self.pod.namespace, self.pod.sdd)
-            except Exception:  # noqa: BLE001 - the Deployment may be mid-update
+            except Exception:
                 continue
             if k != self.pod.k:
                 self.pod = self.fleet.restart_at(self.pod, k)
