@@ -299,3 +299,20 @@ def test_console_process_lifecycle() -> None:
         out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0, out
     assert f"Starting vLLM API server 0 on http://127.0.0.1:{port}" in out
+
+
+def test_schedule_epoch_is_shared_wall_clock_so_a_restart_does_not_rewind() -> None:
+    # The schedule switched to creative 100 s ago by the wall clock: a pod started now
+    # serves creative acceptance at once, not code.
+    env = {"SPECDECODE_SIM_SCHEDULE": "0:code,50:creative",
+           "SPECDECODE_SIM_SCHEDULE_EPOCH": str(time.time() - 150)}
+    with ThreadedSim.start([*BASE, *SPEC, "--sim-time-scale", "0.001"], env=env) as s:
+        m0 = scrape(s)
+        burst(s, 8, 200)
+        m1 = scrape(s)
+    drafts = m1[("vllm:spec_decode_num_drafts_total", LV)] - \
+        m0[("vllm:spec_decode_num_drafts_total", LV)]
+    acc = m1[("vllm:spec_decode_num_accepted_tokens_total", LV)] - \
+        m0[("vllm:spec_decode_num_accepted_tokens_total", LV)]
+    assert 1 + acc / drafts == pytest.approx(
+        parse_profile("creative").mean_acceptance_length(K), abs=0.25)

@@ -32,6 +32,8 @@ SIM_FLAGS: dict[str, tuple[type, Any, str]] = {
     "--sim-profile": (str, DEFAULT_PROFILE, "acceptance profile: a built-in name, iid:A or "
                       "list:S1/S2/..."),
     "--sim-schedule": (str, None, "profiles over time: SECONDS:PROFILE,... (seconds since ready)"),
+    "--sim-schedule-epoch": (float, None, "Unix time the schedule counts from (default: "
+                             "readiness); shared by every pod, so a restart keeps the clock"),
     "--sim-seed": (int, None, "seed of acceptance draws and EOS lengths (default: --seed, 0)"),
     "--sim-time-scale": (float, 1.0, "multiply every simulated step duration by this"),
     "--sim-startup-delay": (float, 0.0, "seconds of simulated model loading (port not "
@@ -93,6 +95,7 @@ class SimOptions:
     eos_mean_tokens: float = 256.0
     kv_cache_tokens: int = 131072
     log_interval: float = 10.0
+    schedule_epoch: float | None = None
 
 
 @dataclass(frozen=True)
@@ -329,6 +332,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ser
         eos_mean_tokens=_sim_value(values, env, "--sim-eos-mean-tokens"),
         kv_cache_tokens=_sim_value(values, env, "--sim-kv-cache-tokens"),
         log_interval=_sim_value(values, env, "--sim-log-interval"),
+        schedule_epoch=_sim_value(values, env, "--sim-schedule-epoch"),
     )
     if sim.time_scale <= 0:
         raise UsageError("--sim-time-scale must be > 0")

@@ -138,8 +138,11 @@ class SimServer:
         await self._runner.setup()
         site = web.SockSite(self._runner, sock)
         await site.start()
-        # Schedule times count from readiness.
+        # Schedule times count from readiness, or from a wall-clock epoch that all pods share
+        # (the workload shift is the traffic's, not the pod's: a restart must not rewind it).
         self.core.config.ready_at = self.now()
+        if a.sim.schedule_epoch is not None:
+            self.core.config.ready_at -= time.time() - a.sim.schedule_epoch
         self._tasks = [asyncio.create_task(self._engine_guard())]
         if not a.disable_log_stats and a.sim.log_interval > 0:
             self._tasks.append(asyncio.create_task(self._stats_loop()))
