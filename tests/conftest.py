@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from specdecode_runtime.localplane import LocalPlane
+from specdecode_runtime.operator_process import OperatorProcess, install_crds, start_operator
 from specdecode_runtime.prometheus import PrometheusServer
-
-from .operator_process import OperatorProcess, install_crds, start_operator
 
 REPO = Path(__file__).resolve().parents[1]
 _PLANE: list[LocalPlane] = []

@@ -1,4 +1,5 @@
-"""The operator as a real process (``python -m specdecode_operator``) for integration tests."""
+"""The operator as a real child process (``python -m specdecode_operator``), for integration
+tests and the demo: its liveness endpoint gates start-up, its /metrics is read back."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from specdecode_runtime.localplane import LocalPlane
-from specdecode_runtime.localplane.process import Component, free_port, tail
+from .localplane import LocalPlane
+from .localplane.process import Component, free_port, tail
 
 OPERATOR_USER = "specdecode-operator"
 
@@ -89,17 +90,19 @@ class OperatorProcess:
         return tail(self.log_path, lines)
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def install_crds(plane: LocalPlane) -> None:
-    repo = Path(__file__).resolve().parents[1]
-    plane.kubectl("apply", "--server-side", "-f", str(repo / "crds"))
+    plane.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
                   "crd/specdecodedeployments.specdecode.io")
 
 
 def start_operator(plane: LocalPlane, workdir: Path,
                    env: dict[str, str] | None = None) -> OperatorProcess:
-    # A distinct identity so the apiserver's audit log attributes every write to it.
-    # TODO(helm issue): run with the chart's ServiceAccount and least-privilege RBAC.
+    # A distinct identity so the apiserver's audit log attributes every write to it. (The
+    # chart's least-privilege ServiceAccount is tested in tests/helm.)
     kc = plane.user_kubeconfig(OPERATOR_USER, ["system:masters"])
     op = OperatorProcess(plane=plane, workdir=workdir, kubeconfig=kc,
                          env={"PYTHONUNBUFFERED": "1", "PATH": os.environ.get("PATH", ""),

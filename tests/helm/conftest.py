@@ -22,7 +22,7 @@ from specdecode_runtime.localplane import LocalPlane
 from specdecode_runtime.localplane.binaries import locate
 from specdecode_runtime.localplane.process import Component, free_port
 
-from ..operator_process import OperatorProcess
+from specdecode_runtime.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "specdecode-operator"

@@ -18,10 +18,10 @@ from specdecode_operator.autotune.observe import Labels, PrometheusClient
 from specdecode_operator.controller import Controller
 from specdecode_operator.kube import Kube
 from specdecode_runtime.localplane import LocalPlane
+from specdecode_runtime.operator_process import OperatorProcess
 from specdecode_runtime.prometheus import PrometheusServer
 
 from ..kube_helpers import apply, condition, events, get_json, sdd_doc, wait_for
-from ..operator_process import OperatorProcess
 from ..vllm_exporter import ExporterFleet, ExporterPod
 
 pytestmark = pytest.mark.plane

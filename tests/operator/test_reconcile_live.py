@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from specdecode_runtime.localplane import LocalPlane
+from specdecode_runtime.operator_process import OPERATOR_USER, OperatorProcess, utc_now, wait_quiet
 
 from ..kube_helpers import apply, condition, events, get_json, get_or_none, sdd_doc, wait_for
-from ..operator_process import OPERATOR_USER, OperatorProcess, utc_now, wait_quiet
 
 pytestmark = pytest.mark.plane
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
