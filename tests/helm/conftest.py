@@ -21,7 +21,6 @@ import yaml
 from specdecode_runtime.localplane import LocalPlane
 from specdecode_runtime.localplane.binaries import locate
 from specdecode_runtime.localplane.process import Component, free_port
-
 from specdecode_runtime.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,14 +99,19 @@ MONITORING_KINDS = {"ServiceMonitor": "servicemonitors", "PodMonitor": "podmonit
                     "PrometheusRule": "prometheusrules"}
 
 
-@pytest.fixture(scope="session")
-def monitoring_crds(plane: LocalPlane) -> LocalPlane:
-    """Stand-ins for the prometheus-operator CRDs the optional chart objects need."""
+@pytest.fixture(scope="module")
+def monitoring_crds(plane: LocalPlane) -> Iterator[LocalPlane]:
+    """Stand-ins for the prometheus-operator CRDs the optional chart objects need. Those this
+    fixture created are deleted afterwards: other modules expect a plane without them."""
+    names = [f"{plural}.monitoring.coreos.com" for plural in MONITORING_KINDS.values()]
+    existed = {n for n in names if plane.kubectl("get", "crd", n, check=False).returncode == 0}
     plane.kubectl_apply([stand_in_crd(k, p) for k, p in MONITORING_KINDS.items()])
-    for plural in MONITORING_KINDS.values():
-        plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                      f"crd/{plural}.monitoring.coreos.com")
-    return plane
+    for name in names:
+        plane.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{name}")
+    yield plane
+    created = [n for n in names if n not in existed]
+    if created:
+        plane.kubectl("delete", "crd", *created, "--wait=true", "--timeout=60s", check=False)
 
 
 def adopt_crd(plane: LocalPlane, release: str, namespace: str) -> None:
