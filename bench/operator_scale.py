@@ -1,0 +1,183 @@
+"""Operator latency and scale on the real local control plane and a real Prometheus.
+
+    python bench/operator_scale.py [--objects 50] [--sdds 200]
+
+1. Time from `kubectl apply` of a SpecDecodeDeployment to its Deployment existing, p50/p99
+   over --objects objects applied one after another (the operator runs as a process).
+2. API writes per no-op reconcile: reconciles triggered with nothing to change, writes counted
+   in the apiserver's audit log.
+3. One tuning cycle over --sdds SDDs, each with an endpoint serving vLLM counters scraped by
+   Prometheus: Prometheus queries per cycle (at 1 SDD and at --sdds), cycle time, and the
+   pure decide() latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from specdecode_operator.autotune import Settings, State, decide  # noqa: E402
+from specdecode_operator.autotune.acceptance import iid  # noqa: E402
+from specdecode_operator.autotune.loop import Tuner  # noqa: E402
+from specdecode_operator.autotune.observe import Labels, PrometheusClient  # noqa: E402
+from specdecode_operator.controller import Controller  # noqa: E402
+from specdecode_operator.kube import Kube  # noqa: E402
+from specdecode_runtime.localplane import GPUNodePool, LocalPlane  # noqa: E402
+from specdecode_runtime.operator_process import (  # noqa: E402
+    OPERATOR_USER,
+    install_crds,
+    start_operator,
+    utc_now,
+    wait_quiet,
+)
+from specdecode_runtime.prometheus import PrometheusServer  # noqa: E402
+from tests.vllm_exporter import ExporterFleet, ExporterPod  # noqa: E402
+
+
+def sdd(name: str, ns: str, mode: str = "Auto") -> dict:
+    return {"apiVersion": "specdecode.io/v1alpha1", "kind": "SpecDecodeDeployment",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"model": {"name": "org/target"},
+                     "drafter": {"method": "mtp", "model": "org/assistant"},
+                     "draftTokens": {"initial": 3, "min": 1, "max": 8},
+                     "autotune": {"mode": mode, "intervalSeconds": 3600,
+                                  "evidence": {"minDrafts": 100, "minRequests": 1}}}}
+
+
+def watch_deployments(plane: LocalPlane, ns: str, seen: dict[str, float],
+                      stop: threading.Event) -> subprocess.Popen[str]:
+    """`kubectl get -w`: records when each Deployment is first seen."""
+    assert plane.binaries
+    proc = subprocess.Popen(
+        [str(plane.binaries.kubectl), f"--kubeconfig={plane.kubeconfig}", "get", "deployments",
+         "-n", ns, "-w", "--output-watch-events", "-o",
+         "jsonpath={.object.metadata.name}{\"\\n\"}"],
+        stdout=subprocess.PIPE, text=True)
+
+    def read() -> None:
+        assert proc.stdout
+        for line in proc.stdout:
+            name = line.strip()
+            if name and name not in seen:
+                seen[name] = time.monotonic()
+            if stop.is_set():
+                break
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--objects", type=int, default=50)
+    ap.add_argument("--sdds", type=int, default=200)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="specdecode-bench-"))
+    nodes = GPUNodePool(count=4, gpus_per_node=64)
+    with LocalPlane(workdir=work / "plane", nodes=nodes) as plane, \
+            PrometheusServer(work / "prom", scrape_interval="2s") as prom:
+        install_crds(plane)
+        op = start_operator(plane, work / "op", env={"SPECDECODE_PROMETHEUS_URL": prom.url})
+        try:
+            # 1. apply -> Deployment latency
+            ns = "bench-apply"
+            plane.kubectl("create", "namespace", ns)
+            seen: dict[str, float] = {}
+            stop = threading.Event()
+            watcher = watch_deployments(plane, ns, seen, stop)
+            time.sleep(1.0)
+            applied: dict[str, float] = {}
+            for i in range(args.objects):
+                name = f"m{i:03d}"
+                applied[name] = time.monotonic()
+                plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(sdd(name, ns)))
+                time.sleep(0.2)
+            deadline = time.monotonic() + 60
+            while len(seen) < args.objects and time.monotonic() < deadline:
+                time.sleep(0.1)
+            stop.set()
+            watcher.terminate()
+            lat = [seen[n] - applied[n] for n in applied if n in seen]
+            print(f"apply -> Deployment created, {len(lat)}/{args.objects} objects: "
+                  f"p50 {statistics.median(lat) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} "
+                  f"ms, max {max(lat) * 1000:.0f} ms (includes kubectl's own start-up)")
+
+            # 2. writes per no-op reconcile
+            wait_quiet(op, settle=3, timeout=120)
+            since, before = utc_now(), op.reconciles()
+            for i in range(args.objects):
+                plane.kubectl("label", "sdd", f"m{i:03d}", "-n", ns, "touch=1")
+            op.wait_reconciles(before + args.objects, timeout=120)
+            wait_quiet(op, settle=3)
+            n = op.reconciles() - before
+            writes = [w for w in plane.audit_writes(OPERATOR_USER, since)
+                      if w["objectRef"].get("namespace") == ns]
+            print(f"no-op reconciles: {n:.0f}, API writes during them: {len(writes)} "
+                  f"({len(writes) / n:.2f} per reconcile)")
+        finally:
+            op.stop()
+
+        # 3. a tuning cycle over many SDDs (in-process, against the same apiserver/Prometheus)
+        fleet = ExporterFleet(prom.targets_dir)
+        ns = "bench-tune"
+        plane.kubectl("create", "namespace", ns)
+
+        async def cycle() -> tuple[int, int, float]:
+            kube = Kube.from_env(str(plane.kubeconfig))
+            try:
+                tuner = Tuner(Controller(kube), PrometheusClient(prom.url), Labels(),
+                              namespaces=[ns])
+                t0 = time.perf_counter()
+                r = await tuner.cycle()
+                secs = time.perf_counter() - t0
+                await tuner.controller.idle()  # reconciles the cycle triggered
+                return r.evaluated, r.queries, secs
+            finally:
+                await kube.close()
+
+        results = {}
+        created = 0
+        for n in (1, args.sdds):
+            docs = [sdd(f"t{i:03d}", ns, "Recommend") for i in range(created, n)]
+            if docs:
+                plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+            for i in range(created, n):
+                fleet.add(ExporterPod(ns, f"t{i:03d}", 3, iid(0.8, 16)))
+            created = n
+            time.sleep(8)  # a few scrapes
+            results[n] = asyncio.run(cycle())
+        fleet.close()
+        for n, (evaluated, queries, secs) in results.items():
+            print(f"tuning cycle over {n} SDDs: {evaluated} evaluated, {queries} Prometheus "
+                  f"queries, {secs:.2f} s ({secs / max(1, evaluated) * 1000:.0f} ms per SDD, "
+                  f"including its status write)")
+    # Pure decision latency.
+    from tests.unit.test_autotune import window  # a realistic window, K=5
+
+    s, st, win = Settings(), State(), window(iid(0.8, 16), k=5, b=16)
+    t0 = time.perf_counter()
+    for _ in range(2000):
+        decide(s, st, win, now=0.0)
+    print(f"decide(): {(time.perf_counter() - t0) / 2000 * 1e6:.0f} us per decision")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
