@@ -89,7 +89,12 @@ class Kube:
         try:
             await self.client.get(CustomResourceDefinition, "podmonitors.monitoring.coreos.com")
         except ApiError as e:
-            if e.status.code in (403, 404):
+            if e.status.code == 403:
+                log.warning("no permission to read CRD podmonitors.monitoring.coreos.com: "
+                            "PodMonitors are not created (grant get on "
+                            "customresourcedefinitions)")
+                return False
+            if e.status.code == 404:
                 return False
             raise
         return True

@@ -11,6 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lightkube import ApiError
+
 from .. import crd, draft_tokens, metrics
 from ..render import defaulted_spec
 from .observe import Key, Labels, PrometheusClient, PrometheusError, windows
@@ -54,6 +56,8 @@ class Tuner:
         while True:
             try:
                 await self.cycle()
+            except ApiError as e:  # e.g. 429 while the apiserver's storage initializes
+                log.warning("tuning cycle skipped: Kubernetes API: %s", e.status.message)
             except Exception:  # a failed cycle must not stop tuning for good
                 log.exception("tuning cycle failed")
             await asyncio.sleep(self.tick_seconds)
