@@ -40,6 +40,7 @@ class Tuner:
     labels: Labels = field(default_factory=Labels.from_env)
     namespaces: list[str | None] = field(default_factory=lambda: [None])
     tick_seconds: float = 10.0
+    parallelism: int = 8  # SDDs evaluated at once (each is a read and maybe a status write)
     _last_eval: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @classmethod
@@ -110,10 +111,18 @@ class Tuner:
                 made = self.prometheus.queries_made - before
                 report.queries += made
                 metrics.PROMETHEUS_QUERIES.inc(made)
-            for sdd, _spec, settings in items:
-                report.evaluated += 1
-                if await self._evaluate_one(sdd, settings, found, unavailable, now):
-                    report.written += 1
+            sem = asyncio.Semaphore(self.parallelism)
+
+            async def one(sdd: dict[str, Any], settings: Settings,
+                          found: dict[Key, Window] = found,
+                          unavailable: str | None = unavailable,
+                          sem: asyncio.Semaphore = sem) -> bool:
+                async with sem:
+                    return await self._evaluate_one(sdd, settings, found, unavailable, now)
+
+            written = await asyncio.gather(*(one(sdd, st) for sdd, _spec, st in items))
+            report.evaluated += len(items)
+            report.written += sum(written)
         report.seconds = time.monotonic() - t0
         metrics.TUNING_CYCLE_SECONDS.observe(report.seconds)
         return report
