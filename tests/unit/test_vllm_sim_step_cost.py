@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from specdecode_runtime.vllm_sim import h200_cost
+from specdecode_operator.autotune.step_cost import default_table
 from specdecode_runtime.vllm_sim.acceptance import iid
 from specdecode_runtime.vllm_sim.step_cost import StepCostModel, best_k, goodput
 
@@ -15,7 +15,10 @@ COST = StepCostModel.default()
 
 
 def test_measured_points_are_reproduced() -> None:
-    for b, q, ttarget_ms, tdraft_ms in h200_cost.ROWS:
+    rows = [(r["B"], r["q"], r["ttarget_ms"], r["tdraft_ms"])
+            for r in default_table()["rows"] if r["ctx"] == 1024]
+    assert len(rows) == 70
+    for b, q, ttarget_ms, tdraft_ms in rows:
         assert COST.ttarget(b, q) == pytest.approx(ttarget_ms / 1000)
         assert COST.tdraft(b) == pytest.approx(tdraft_ms / 1000)
         k = q - 1

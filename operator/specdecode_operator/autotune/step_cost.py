@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import bisect
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
 
-def _interp(xs: list[float], ys: list[float], x: float) -> float:
+def interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
     """Piecewise-linear, extrapolating linearly past either end."""
     if len(xs) == 1:
         return ys[0]
@@ -52,14 +53,19 @@ class CostProfile:
         """T(B, k) in milliseconds; k = 0 is plain decoding."""
         b = max(1.0, b)
         q = k + 1
-        per_b = [_interp(list(self.widths), list(row), q) for row in self.target_ms]
-        target = _interp(list(self.batch), per_b, b)
-        draft = _interp(list(self.batch), list(self.draft_ms), b) if k else 0.0
+        per_b = [interp(list(self.widths), list(row), q) for row in self.target_ms]
+        target = interp(list(self.batch), per_b, b)
+        draft = interp(list(self.batch), list(self.draft_ms), b) if k else 0.0
         return target + k * draft
+
+
+def default_table() -> dict[str, Any]:
+    """The measured H200 table (h200-verify-cost.json), shipped with the package."""
+    text = resources.files("specdecode_operator.autotune").joinpath(
+        "data/h200-verify-cost.json").read_text()
+    return dict(json.loads(text))
 
 
 @cache
 def default_profile() -> CostProfile:
-    text = resources.files("specdecode_operator.autotune").joinpath(
-        "data/h200-verify-cost.json").read_text()
-    return CostProfile.from_rows(json.loads(text)["rows"])
+    return CostProfile.from_rows(default_table()["rows"])

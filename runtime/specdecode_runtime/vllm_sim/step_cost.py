@@ -8,24 +8,14 @@ compute-bound corner (largest B, widest q), because the table has no prefill row
 
 from __future__ import annotations
 
-import bisect
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import h200_cost
+from specdecode_operator.autotune.step_cost import default_table, interp
+
 from .acceptance import AcceptanceProfile
-
-
-def _lerp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
-    """Piecewise-linear through (xs, ys); straight-line extension on both ends."""
-    if len(xs) == 1:
-        return ys[0]
-    i = bisect.bisect_left(xs, x)
-    i = min(max(i, 1), len(xs) - 1)
-    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
 @dataclass(frozen=True)
@@ -55,7 +45,11 @@ class StepCostModel:
 
     @classmethod
     def default(cls) -> StepCostModel:
-        return cls.from_rows(h200_cost.ROWS, f"{h200_cost.DEVICE}, ctx 1024 (embedded)")
+        """The measured H200 table the operator ships (ctx 1024): one copy of the data."""
+        data = default_table()
+        rows = [(r["B"], r["q"], r["ttarget_ms"], r["tdraft_ms"])
+                for r in data["rows"] if r["ctx"] == 1024]
+        return cls.from_rows(rows, f"{data['device']}, ctx 1024")
 
     @classmethod
     def from_json(cls, path: str | Path, ctx: int = 1024) -> StepCostModel:
@@ -70,12 +64,12 @@ class StepCostModel:
     def ttarget(self, b: float, q: float) -> float:
         """Seconds for the target to verify q tokens for each of b sequences."""
         b, q = max(b, 1.0), max(q, 1.0)
-        per_b = [_lerp(self.widths, row, q) for row in self.ttarget_ms]
-        return max(_lerp(self.batch_sizes, per_b, b), 0.0) / 1000.0
+        per_b = [interp(self.widths, row, q) for row in self.ttarget_ms]
+        return max(interp(self.batch_sizes, per_b, b), 0.0) / 1000.0
 
     def tdraft(self, b: float) -> float:
         """Seconds for one drafter step over b sequences."""
-        return max(_lerp(self.batch_sizes, self.tdraft_ms, max(b, 1.0)), 0.0) / 1000.0
+        return max(interp(self.batch_sizes, self.tdraft_ms, max(b, 1.0)), 0.0) / 1000.0
 
     @property
     def prefill_per_token(self) -> float:
