@@ -174,6 +174,13 @@ def test_current_k_follows_status_bounds_and_user_changes() -> None:
     assert ck(off, {"draftTokens": {"current": 7, "initial": 4}}).k == 4
     none = defaulted_spec({**BASE, "drafter": {"method": "none"}})
     assert ck(none, {"draftTokens": {"current": 7}}).k is None
+    # K 0: the autotuner turned speculation off under load; only while allowOff holds.
+    off_ok = defaulted_spec({**spec, "autotune": {"allowOff": True}})
+    assert ck(off_ok, {"draftTokens": {"current": 0, "initial": 4}}).k == 0
+    assert ck(spec, {"draftTokens": {"current": 0, "initial": 4}}).k == 4
+    dep = render(sdd(off_ok), 0)[0]
+    assert "--speculative-config" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert dep["spec"]["template"]["metadata"]["labels"][LABEL_K] == "0"
 
 
 def test_crd_yaml_is_generated_from_the_python_schema() -> None:
