@@ -12,8 +12,11 @@ with the lean CPU settings of docs/real-vllm.md as environment defaults (a pod's
 ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (one process: the pod runner's SIGTERM reaches the engine),
 ``HF_HUB_OFFLINE=1``, ``TRANSFORMERS_OFFLINE=1``, no usage stats. ``TMPDIR`` and
 ``VLLM_CACHE_ROOT`` are always per process (vLLM leaves sockets and compile caches there):
-``$SPECDECODE_VLLM_SCRATCH`` (default ``./vllm-scratch``, the runner's state dir)
-``/pid-PID``; directories of dead processes are removed at the next start.
+``$SPECDECODE_VLLM_SCRATCH`` (default ``/tmp/specdecode-vllm-UID``) ``/pid-PID``; directories
+of dead processes are removed at the next start. The path must stay short: vLLM binds ZeroMQ
+IPC sockets in ``TMPDIR`` (``TMPDIR/<uuid4>``, even with multiprocessing off), and a Unix
+socket path longer than 107 bytes fails the start (``ZMQError: ipc path ... is longer than
+107 characters``); a longer ``SPECDECODE_VLLM_SCRATCH`` falls back to the default.
 ``PYTHONPATH``/``PYTHONHOME`` are dropped: the vllm venv is self-contained.
 
 Other commands (``vllm --version``, ``vllm serve --model X``) are passed through. Runs in the
@@ -38,6 +41,25 @@ ENV_DEFAULTS = {
     "PYTHONUNBUFFERED": "1",
 }
 DROP_ENV = ("PYTHONPATH", "PYTHONHOME")
+# sun_path holds 107 bytes; vLLM appends "/" + a uuid4 (37 bytes) to TMPDIR.
+MAX_TMPDIR = 107 - 37
+
+
+def default_scratch() -> Path:
+    return Path(f"/tmp/specdecode-vllm-{os.getuid()}")
+
+
+def scratch_base(env: Mapping[str, str]) -> Path:
+    """Where the per-process directories go: short enough for vLLM's IPC sockets."""
+    want = env.get("SPECDECODE_VLLM_SCRATCH")
+    if want:
+        base = Path(want).absolute()
+        # base/pid-NNNNNNN/tmp
+        if len(str(base)) + len("/pid-4194304/tmp") <= MAX_TMPDIR:
+            return base
+        print(f"vllm_shim: SPECDECODE_VLLM_SCRATCH={want} is too long for vLLM's IPC socket "
+              f"paths; using {default_scratch()}", file=sys.stderr, flush=True)
+    return default_scratch()
 
 
 def api_server_args(args: Sequence[str]) -> list[str]:
@@ -92,8 +114,7 @@ def command(args: Sequence[str], python: str = sys.executable) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     pid = os.getpid()  # exec keeps it: the runner's pid file and signals stay valid
-    base = Path(os.environ.get("SPECDECODE_VLLM_SCRATCH", "vllm-scratch")).absolute()
-    env = server_env(os.environ, scratch_dir(base, pid))
+    env = server_env(os.environ, scratch_dir(scratch_base(os.environ), pid))
     cmd = command(args)
     print(f"vllm_shim: exec {' '.join(cmd)}", file=sys.stderr, flush=True)
     os.execve(cmd[0], cmd, env)
