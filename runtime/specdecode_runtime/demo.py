@@ -31,6 +31,7 @@ import yaml
 
 from .loadgen import LoadGenerator
 from .localplane import LocalPlane, PlaneError
+from .localplane.process import StartStop
 from .operator_process import OperatorProcess, install_crds, start_operator
 from .podrunner import PodRunnerProcess
 from .prometheus import PrometheusServer
@@ -72,7 +73,7 @@ def demo_sdd(epoch: float, shift_at: float, interval: int, window: int,
 
 
 @dataclass
-class Stack:
+class Stack(StartStop):
     """Everything the demo (and the end-to-end test) runs, started in order, stopped in
     reverse; every process in its own group, nothing left behind."""
 
@@ -108,17 +109,6 @@ class Stack:
             if part is not None:
                 with contextlib.suppress(Exception):
                     part.stop()
-
-    def __enter__(self) -> Stack:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def sdd(self, namespace: str, name: str) -> dict[str, Any]:
         assert self.plane

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .localplane.process import Component, PlaneError, free_port
+from .localplane.process import Component, PlaneError, StartStop, free_port
 
 TARGET_LABELS = ("namespace", "pod", "sdd", "draft_tokens")
 
@@ -40,7 +40,7 @@ def remove_target(targets_dir: Path, name: str) -> None:
 
 
 @dataclass
-class PrometheusServer:
+class PrometheusServer(StartStop):
     workdir: Path
     scrape_interval: str = "1s"
     port: int = 0
@@ -98,13 +98,6 @@ class PrometheusServer:
         if self.comp:
             self.comp.stop(grace=10)
             self.comp = None
-
-    def __enter__(self) -> PrometheusServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """Instant query (for tests and the demo); raises on an API error."""

@@ -28,7 +28,7 @@ import yaml
 
 from . import pki as pki_mod
 from .binaries import Binaries, locate
-from .process import Component, PlaneError, free_port, tail
+from .process import Component, PlaneError, StartStop, free_port, tail
 
 RUNNER_POD_LABEL = "specdecode.io/deployment"
 # kwok selector keys are jq queries; a missing label yields null, which DoesNotExist matches.
@@ -110,7 +110,7 @@ class GPUNodePool:
 
 
 @dataclass
-class LocalPlane:
+class LocalPlane(StartStop):
     workdir: Path | None = None
     nodes: GPUNodePool = field(default_factory=GPUNodePool)
     controllers: bool = True
@@ -145,17 +145,6 @@ class LocalPlane:
         return f"https://127.0.0.1:{self.apiserver_port}"
 
     # ---- lifecycle ---------------------------------------------------------------------
-    def __enter__(self) -> LocalPlane:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def start(self) -> None:
         t0 = time.monotonic()
         assert self.workdir is not None

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..localplane.process import Component, tail
+from ..localplane.process import Component, StartStop, tail
 
 
 @dataclass
-class PodRunnerProcess:
+class PodRunnerProcess(StartStop):
     kubeconfig: Path
     state_dir: Path
     targets_dir: Path | None = None
@@ -70,17 +70,6 @@ class PodRunnerProcess:
     @property
     def alive(self) -> bool:
         return self.comp is not None and self.comp.alive
-
-    def __enter__(self) -> PodRunnerProcess:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def pod_state(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The runner's record of a pod's process (pid, port, log, restarts) or None."""
