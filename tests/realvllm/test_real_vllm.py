@@ -188,8 +188,10 @@ def assert_acceptance_from(sdd: dict[str, Any], c: Counters, k: int) -> None:
     msg = condition(sdd, "MetricsAvailable")["message"]
     m = re.fullmatch(rf"(\d+) drafts, (\d+) requests at K={k} in 30s", msg)
     assert m, msg
-    # increase() over 30 s: at least the evidence gate, never far above what vLLM counted.
-    assert 500 <= int(m.group(1)) <= 1.15 * c.drafts, (msg, c)
+    # increase() over 30 s: at least the evidence gate, and not far above what vLLM counted.
+    # Prometheus extrapolates increase() to the window's edges; for a series that began inside
+    # the window (a new pod) that can add a good fraction of the window (seen: +22%).
+    assert 500 <= int(m.group(1)) <= 1.5 * c.drafts, (msg, c)
 
 
 def test_goodput_reads_real_acceptance_and_keeps_k(
