@@ -201,8 +201,9 @@ def test_missing_gpu_resource_is_a_condition_and_warning_not_a_crash(
     assert deg["reason"] == "NoGPUNodes"
     assert "no node offers amd.com/gpu" in deg["message"]
     assert condition(sdd, "Ready")["status"] == "False"
+    # (The autotuner may also warn: no metrics from pods that cannot run.)
     warnings = [e for e in events(plane, namespace, "amd") if e["type"] == "Warning"]
-    assert warnings and warnings[0]["reason"] == "NoGPUNodes"
+    assert "NoGPUNodes" in {e["reason"] for e in warnings}
     assert operator.comp is not None and operator.comp.alive
 
     # More GPUs than any node has: Unschedulable, with the scheduler's words.
