@@ -92,6 +92,13 @@ def owner_reference(sdd: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def child_metadata(sdd: dict[str, Any]) -> dict[str, Any]:
+    """Every owned object has the SDD's name and namespace, its labels and its owner."""
+    name = sdd["metadata"]["name"]
+    return {"name": name, "namespace": sdd["metadata"]["namespace"],
+            "labels": common_labels(name), "ownerReferences": [owner_reference(sdd)]}
+
+
 def _gpu_count(spec: dict[str, Any]) -> int:
     return int((spec.get("gpu") or {}).get("count", spec["tensorParallelSize"]))
 
@@ -165,7 +172,7 @@ def _volumes(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def deployment(sdd: dict[str, Any], spec: dict[str, Any], k: int | None) -> dict[str, Any]:
-    name, ns = sdd["metadata"]["name"], sdd["metadata"]["namespace"]
+    name = sdd["metadata"]["name"]
     user_meta = spec.get("podMetadata") or {}
     pod_labels = {
         **user_meta.get("labels", {}),
@@ -206,12 +213,7 @@ def deployment(sdd: dict[str, Any], spec: dict[str, Any], k: int | None) -> dict
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": common_labels(name),
-            "ownerReferences": [owner_reference(sdd)],
-        },
+        "metadata": child_metadata(sdd),
         "spec": {
             "replicas": spec["replicas"],
             "selector": {"matchLabels": selector_labels(name)},
@@ -229,13 +231,12 @@ def deployment(sdd: dict[str, Any], spec: dict[str, Any], k: int | None) -> dict
 
 
 def service(sdd: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    name, ns = sdd["metadata"]["name"], sdd["metadata"]["namespace"]
+    name = sdd["metadata"]["name"]
     svc = spec["service"]
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": name, "namespace": ns, "labels": common_labels(name),
-                     "ownerReferences": [owner_reference(sdd)]},
+        "metadata": child_metadata(sdd),
         "spec": {
             "type": svc["type"],
             "selector": selector_labels(name),
@@ -249,24 +250,22 @@ def pod_disruption_budget(sdd: dict[str, Any], spec: dict[str, Any]) -> dict[str
     budget = spec["disruptionBudget"]
     if not budget["enabled"]:
         return None
-    name, ns = sdd["metadata"]["name"], sdd["metadata"]["namespace"]
+    name = sdd["metadata"]["name"]
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {"name": name, "namespace": ns, "labels": common_labels(name),
-                     "ownerReferences": [owner_reference(sdd)]},
+        "metadata": child_metadata(sdd),
         "spec": {"maxUnavailable": budget["maxUnavailable"],
                  "selector": {"matchLabels": selector_labels(name)}},
     }
 
 
 def pod_monitor(sdd: dict[str, Any]) -> dict[str, Any]:
-    name, ns = sdd["metadata"]["name"], sdd["metadata"]["namespace"]
+    name = sdd["metadata"]["name"]
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
-        "metadata": {"name": name, "namespace": ns, "labels": common_labels(name),
-                     "ownerReferences": [owner_reference(sdd)]},
+        "metadata": child_metadata(sdd),
         "spec": {
             "selector": {"matchLabels": selector_labels(name)},
             "podMetricsEndpoints": [{
