@@ -7,15 +7,20 @@ the best k at B = 8 and at B = 128 differ, and the mean of a bimodal load hides 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-
-from .step_cost import CostProfile
+from typing import Protocol
 
 # (running requests B, weight)
 Load = Sequence[tuple[float, float]]
 
 
+class StepCost(Protocol):
+    """Anything that prices one engine step: the H200 table, or a calibrated model."""
+
+    def step_ms(self, b: float, k: int) -> float: ...
+
+
 def goodput(
-    k: int, tokens_per_step: Callable[[int], float], load: Load, cost: CostProfile
+    k: int, tokens_per_step: Callable[[int], float], load: Load, cost: StepCost
 ) -> float:
     """Expected tokens/s per replica at draft length k (k = 0: speculation off)."""
     total_w = sum(w for _, w in load)

@@ -3,22 +3,37 @@
     decision = decide(settings, state, window, now=...)
 
 Every change of K is a rolling restart of GPU pods (minutes of model loading), so a change
-must be right, rare and safe: an evidence gate, a confidence bound on the predicted gain net
-of the restart cost, hysteresis (the same recommendation on consecutive evaluations), a
-cooldown and a daily change budget all have to agree before K moves.
+must be right, rare and safe. One evaluation:
+
+1. calibrates this deployment's step cost from the window's latency histograms
+   (calibration.py; the H200 table is only the prior);
+2. folds the window into hours of load and acceptance history (regime.py);
+3. verifies the last change against what it predicted and rolls it back when the new K is
+   confidently slower than the old one at the same load (verification.py);
+4. prices every candidate K under the history, with a lower confidence bound that counts
+   both acceptance and cost-model doubt, and changes only when the gain rate times the
+   regime's expected remaining life pays for the restart, the current window agrees, the
+   recommendation is confirmed, and cooldown, daily budget and mode allow.
+
+See docs/autotuner.md for the derivation of the rule.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from . import acceptance
-from .goodput import Load, goodput
-from .step_cost import CostProfile, default_profile
+from . import acceptance, calibration, regime
+from .calibration import CalPoint, CostModel, StepSample
+from .goodput import Load, StepCost, goodput
+from .verification import Outcome, Rejected, Verification, realized_gain, summary
 
 DAY = 86_400.0
 OFF = 0  # draft length 0: speculative decoding off
+REFIT_SECONDS = 900.0        # refit the cost model at most this often (and on a new K)
+MAX_LIFE_SECONDS = 12 * 3600.0
+OUTCOMES = 10
 
 
 @dataclass(frozen=True)
@@ -36,12 +51,18 @@ class Settings:
     max_step: int = 4
     max_changes_per_day: int = 6
     allow_off: bool = False
-    # goodput policy: the predicted gain (lower confidence bound) must beat both.
+    # goodput policy: the predicted gain (lower confidence bound) must beat min_gain plus
+    # the restart cost spread over the regime's expected remaining life.
     min_gain: float = 0.02
     restart_cost_seconds: float = 300.0
-    horizon_seconds: float = 7200.0
+    regime_seconds: float = 10_800.0
+    cost_model: Literal["Calibrated", "Prior"] = "Calibrated"
     confidence_z: float = 1.64
     confirmations: int = 2
+    # verification of each change, and rejection of a K that made things worse
+    verify_after_seconds: float = 1800.0
+    verify_min_windows: int = 3
+    reject_cooldown_seconds: float = 86_400.0
     # threshold policy: the published rule.
     low_acceptance: float = 0.5
     high_acceptance: float = 0.85
@@ -54,6 +75,7 @@ class Settings:
         dt = spec.get("draftTokens") or {}
         thr = at.get("threshold") or {}
         gate = at.get("evidence") or {}
+        ver = at.get("verification") or {}
         kw: dict[str, Any] = {
             "k_min": int(dt.get("min", 1)), "k_max": int(dt.get("max", 12)),
             "mode": at.get("mode", "Auto"), "policy": at.get("policy", "goodput"),
@@ -64,9 +86,16 @@ class Settings:
             ("maxStep", "max_step", int), ("maxChangesPerDay", "max_changes_per_day", int),
             ("allowOff", "allow_off", bool), ("minGain", "min_gain", float),
             ("restartCostSeconds", "restart_cost_seconds", float),
+            ("regimeSeconds", "regime_seconds", float),
+            ("costModel", "cost_model", str),
+            ("rejectCooldownSeconds", "reject_cooldown_seconds", float),
         ):
             if key in at:
                 kw[name] = conv(at[key])
+        if "afterSeconds" in ver:
+            kw["verify_after_seconds"] = float(ver["afterSeconds"])
+        if "minWindows" in ver:
+            kw["verify_min_windows"] = int(ver["minWindows"])
         if "minDrafts" in gate:
             kw["min_drafts"] = float(gate["minDrafts"])
         if "minRequests" in gate:
@@ -93,6 +122,11 @@ class Window:
     generation_tokens: float
     requests: float                         # finished requests
     load: Load                              # running-requests distribution per replica
+    # Step-time evidence (NaN: the series were missing).
+    itl_sum: float = math.nan               # increase(inter_token_latency_seconds_sum)
+    itl_count: float = math.nan             # increase(inter_token_latency_seconds_count)
+    steps: float = math.nan                 # increase(iteration_tokens_total_count)
+    prompt_tokens: float = 0.0              # increase(prompt_tokens_total)
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -106,6 +140,13 @@ class Window:
     def tokens_per_second(self) -> float:
         return self.generation_tokens / self.seconds if self.seconds > 0 else 0.0
 
+    def step_sample(self) -> StepSample:
+        vals = [b for b, _ in self.load]
+        mean = sum(vals) / len(vals) if vals else 0.0
+        cv2 = (sum((v - mean) ** 2 for v in vals) / len(vals)) / mean ** 2 if mean > 0 else 0.0
+        return StepSample(k=self.k, itl_sum=self.itl_sum, itl_count=self.itl_count,
+                          steps=self.steps, prompt_tokens=self.prompt_tokens, load_cv2=cv2)
+
 
 @dataclass(frozen=True)
 class State:
@@ -115,7 +156,21 @@ class State:
     changes: tuple[float, ...] = ()                 # change times within the last day
     pending_k: int | None = None                    # recommendation awaiting confirmation
     pending_count: int = 0
+    pending_since: float | None = None
     survival: tuple[float, ...] = ()                # last measured S_i (kept while off)
+    # calibration
+    points: tuple[CalPoint, ...] = ()
+    cost: CostModel | None = None                   # the last fit (recomputed from points)
+    cost_note: str = ""                             # why the last window was (not) used
+    # regime history
+    history_time: float | None = None
+    load_hist: tuple[float, ...] = ()
+    acc_sum: tuple[float, ...] = ()                 # EW accepted per position
+    acc_drafts: tuple[float, ...] = ()              # EW drafts per position
+    # verification
+    verify: Verification | None = None
+    rejected: tuple[Rejected, ...] = ()
+    outcomes: tuple[Outcome, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,10 +183,28 @@ class Decision:
     state: State
     predicted_gain: float | None = None             # relative, recommended vs current
     predictions: dict[int, float] = field(default_factory=dict)  # tokens/s per k
+    cost_source: str = "prior"                      # the cost model the decision used
+    rollback: bool = False
+    events: tuple[tuple[str, str, str], ...] = ()   # (type, reason, message) to publish
 
     @property
     def changed(self) -> bool:
         return self.action == "change"
+
+
+class _Known:
+    """A cost table taken as exact (the bench's clairvoyant-cost baseline, tests)."""
+
+    source = "given"
+
+    def __init__(self, table: StepCost) -> None:
+        self.table = table
+
+    def step_ms(self, b: float, k: int, prefill: float = 0.0) -> float:
+        return self.table.step_ms(b, k)
+
+    def ratio_se(self, b: float, c: int, k: int) -> float:
+        return 0.0
 
 
 def _keep(window_k: int, state: State, reason: str, recommended: int | None = None,
@@ -161,75 +234,210 @@ def threshold_target(s: Settings, k: int, rate: float) -> tuple[int, str]:
     return k, f"acceptance {rate:.2f} within [{s.low_acceptance}, {s.high_acceptance}]"
 
 
-def goodput_target(
-    s: Settings, w: Window, survival: acceptance.Survival, cost: CostProfile
-) -> tuple[int, str, float, dict[int, float]]:
-    """Best K by the lower confidence bound of its predicted goodput gain over the current K.
+def _lcb_gain(s: Settings, k: int, c: int, survival: acceptance.Survival, load: Load,
+              cost: Any, cur: float) -> float:
+    """Lower confidence bound of the relative gain of c over k under ``load``.
 
+    Acceptance: the candidate's L is lowered by z standard errors of the positions that
+    differ. Cost: the model's standard error of T(c)/T(k), averaged over the load.
+    """
+    se_l = survival.tokens_per_step_se(c, k)
+
+    def l_pess(j: int) -> float:
+        return survival.tokens_per_step(j) - (s.confidence_z * se_l if j == c else 0.0)
+
+    tw = sum(w for _, w in load)
+    se_t = sum(w * cost.ratio_se(b, c, k) for b, w in load) / tw if tw > 0 else 0.0
+    return (goodput(c, l_pess, load, cost) / cur) * math.exp(-s.confidence_z * se_t) - 1.0
+
+
+def goodput_target(
+    s: Settings, k: int, survival: acceptance.Survival, load: Load, cost: Any,
+    now_survival: acceptance.Survival, now_load: Load, life: float,
+    rejected: frozenset[int] = frozenset(),
+) -> tuple[int, str, float, dict[int, float]]:
+    """Best K by the lower confidence bound of its gain under the regime (history) load.
+
+    The hurdle is min_gain + restart_cost / life: a change must earn its restart back over
+    the regime's expected remaining life. The current window must agree (the candidate's
+    point gain now is positive), so a stale history never overrides what runs now.
     Returns (target, reason, predicted gain of the target, point predictions per k).
     """
-    k = w.k
-    cur = goodput(k, survival.tokens_per_step, w.load, cost)
+    cur = goodput(k, survival.tokens_per_step, load, cost)
+    cur_now = goodput(k, now_survival.tokens_per_step, now_load, cost)
     preds: dict[int, float] = {}
-    best, best_lo = k, 0.0
+    best, best_lo = k, -math.inf
     for c in _candidates(s, k):
-        preds[c] = goodput(c, survival.tokens_per_step, w.load, cost)
-        if c == k:
+        preds[c] = goodput(c, survival.tokens_per_step, load, cost)
+        if c == k or c in rejected:
             continue
-        # Pessimistic tokens per step for the candidate relative to the current K: the
-        # positions that differ (added above K, or dropped below it) may be worth more or
-        # less than estimated, and either way the error counts against the change.
-        se = survival.tokens_per_step_se(c, k)
-
-        def l_pess(j: int, c: int = c, se: float = se) -> float:
-            return survival.tokens_per_step(j) - (s.confidence_z * se if j == c else 0.0)
-
-        lo = goodput(c, l_pess, w.load, cost) / cur - 1.0
+        lo = _lcb_gain(s, k, c, survival, load, cost, cur)
         if lo > best_lo:
             best, best_lo = c, lo
-    hurdle = s.min_gain + s.restart_cost_seconds / s.horizon_seconds
+    hurdle = s.min_gain + s.restart_cost_seconds / life
     gain = preds[best] / cur - 1.0 if cur > 0 else 0.0
-    if best == k or best_lo <= hurdle:
-        point = max(preds, key=lambda c: preds[c])
-        return k, (
-            f"K {k} kept: best alternative K {point} predicts {preds[point] / cur - 1:+.1%} "
-            f"(lower bound {best_lo:+.1%}), below the {hurdle:.1%} hurdle "
-            f"(min gain + restart cost)"), 0.0, preds
+    now_gain = (goodput(best, now_survival.tokens_per_step, now_load, cost) / cur_now - 1.0
+                if best != k and cur_now > 0 else 0.0)
+    if best == k or best_lo <= hurdle or now_gain <= 0:
+        point = max((c for c in preds if c not in rejected or c == k), key=lambda c: preds[c])
+        why = (f"K {k} kept: best alternative K {point} predicts {preds[point] / cur - 1:+.1%} "
+               f"under the {s.regime_seconds / 3600:.3g}h load history")
+        if best != k:
+            why += f" (K {best}: lower bound {best_lo:+.1%}"
+            why += (f", below the {hurdle:.1%} hurdle: min gain + restart cost over "
+                    f"{life / 3600:.1f}h)" if best_lo <= hurdle else
+                    f", but {now_gain:+.1%} in the current window)")
+        return k, why, 0.0, preds
     name = "off" if best == OFF else str(best)
     return best, (
-        f"K {k} -> {name}: predicted goodput {gain:+.1%} (lower bound {best_lo:+.1%} > "
-        f"{hurdle:.1%} hurdle); L({k})={survival.tokens_per_step(k):.2f}, "
+        f"K {k} -> {name}: predicted goodput {gain:+.1%} under the load history (lower bound "
+        f"{best_lo:+.1%} > {hurdle:.1%} hurdle over {life / 3600:.1f}h; now {now_gain:+.1%}); "
+        f"L({k})={survival.tokens_per_step(k):.2f}, "
         f"L({best})={survival.tokens_per_step(best):.2f}"), gain, preds
+
+
+def _long_survival(state: State, k: int, window: Window, extend_to: int
+                   ) -> acceptance.Survival | None:
+    """Survival from the acceptance history, no more certain than three windows."""
+    a, d = state.acc_sum, state.acc_drafts
+    if not d or d[0] <= 0:
+        return None
+    m = 0
+    while m < len(d) and d[m] >= 0.3 * d[0]:
+        m += 1
+    m = max(1, min(m, len(a)))
+    drafts = min(d[0], 3 * window.drafts) if window.drafts > 0 else d[0]
+    per_pos = [a[i] / d[i] * drafts for i in range(m)]
+    try:
+        return acceptance.from_counters(drafts, per_pos, extend_to=extend_to)
+    except ValueError:
+        return None
+
+
+def _calibrate(s: Settings, state: State, window: Window, now: float) -> State:
+    if s.cost_model == "Prior":
+        return replace(state, cost=None, cost_note="costModel: Prior (calibration off)")
+    point, why = calibration.point_from_sample(
+        window.step_sample(), now=now, last_change=state.last_change,
+        window_seconds=s.window_seconds)
+    points = state.points
+    new_k = False
+    if point is not None:
+        new_k = all(p.k != point.k for p in points)
+        points = calibration.add_point(points, point)
+    cost = state.cost
+    if cost is None or new_k or cost.time is None or now - cost.time >= REFIT_SECONDS:
+        cost = calibration.fit(points, now=now, previous=cost)
+    note = "window used" if point is not None else f"window not used: {why}"
+    return replace(state, points=points, cost=cost, cost_note=note)
+
+
+def _verify(s: Settings, state: State, window: Window, survival: acceptance.Survival | None,
+            cost: Any, now: float) -> tuple[State, Decision | None]:
+    """Add this window's realized gain to the open verification; roll back or close it."""
+    v = state.verify
+    if v is None:
+        return state, None
+    if window.k == v.k_to and state.cost_note == "window used" and \
+            window.itl_count > 0 and window.steps > 0:
+        t_new = 1000.0 * window.itl_sum / window.itl_count
+        sample = window.step_sample()
+        b = window.itl_count / window.steps * (1 + min(sample.load_cv2, 4.0))
+        prefill = max(0.0, window.prompt_tokens) / window.steps
+        l_new = 1.0 + window.accepted / window.drafts if window.drafts > 0 and v.k_to else 1.0
+        long_s = _long_survival(state, v.k_from, window, max(v.k_from, 1))
+        sv = survival if survival is not None and v.k_to > 0 else long_s
+        l_old = sv.tokens_per_step(v.k_from) if sv is not None else None
+        if l_old is not None:
+            t_old = cost.step_ms(b, v.k_from, prefill)
+            g = realized_gain(l_new, t_new, l_old, t_old)
+            v = replace(v, samples=(*v.samples, (now, g)))
+            state = replace(state, verify=v)
+    age = now - v.time
+    mean, se, _n_eff = summary(v.samples, s.window_seconds)
+    done = age >= s.verify_after_seconds and len(v.samples) >= s.verify_min_windows
+    if not done:
+        if age > 4 * max(s.verify_after_seconds, s.window_seconds):
+            out = Outcome(v.time, v.k_from, v.k_to, v.predicted,
+                          mean if v.samples else None, "inconclusive")
+            return replace(state, verify=None,
+                           outcomes=(*state.outcomes, out)[-OUTCOMES:]), None
+        return state, None
+    upper = mean + s.confidence_z * se
+    if upper < 0:
+        evidence = (f"K {v.k_to} realized {mean:+.1%} (upper bound {upper:+.1%}, "
+                    f"{len(v.samples)} windows) vs K {v.k_from} at the same load; "
+                    f"predicted {v.predicted:+.1%}")
+        out = Outcome(v.time, v.k_from, v.k_to, v.predicted, mean, "rolled back")
+        rej = tuple(r for r in state.rejected if r.k != v.k_to and r.until > now)
+        st = replace(state, verify=None, outcomes=(*state.outcomes, out)[-OUTCOMES:],
+                     rejected=(*rej, Rejected(v.k_to, now + s.reject_cooldown_seconds,
+                                              evidence)),
+                     last_change=now, changes=(*state.changes, now),
+                     pending_k=None, pending_count=0, pending_since=None)
+        name = "off" if v.k_from == OFF else str(v.k_from)
+        why = (f"rollback K {v.k_to} -> {name}: {evidence}; K {v.k_to} rejected for "
+               f"{s.reject_cooldown_seconds / 3600:.3g}h")
+        if s.mode == "Recommend":
+            return st, _keep(window.k, st, why + " (Recommend mode: not applied)",
+                             recommended=v.k_from, rollback=True)
+        return st, Decision("change", window.k, v.k_from, v.k_from, why, st, rollback=True,
+                            events=(("Warning", "DraftTokensRolledBack", why),))
+    out = Outcome(v.time, v.k_from, v.k_to, v.predicted, mean, "kept")
+    return replace(state, verify=None, outcomes=(*state.outcomes, out)[-OUTCOMES:]), None
 
 
 def decide(
     settings: Settings, state: State, window: Window, *, now: float,
-    cost: CostProfile | None = None,
+    cost: StepCost | None = None,
 ) -> Decision:
     """Keep K or change it, with a human-readable reason and the tuner's new state.
 
     ``window`` holds the counters of the K that runs now; with no metrics at all there is
-    nothing to decide and the caller reports that instead of calling this.
+    nothing to decide and the caller reports that instead of calling this. ``cost`` given
+    means that table is taken as exact (no calibration); otherwise the step cost is
+    calibrated from the windows, with the shipped H200 table as the prior.
     """
     s = settings
-    cost = cost or default_profile()
-    state = replace(state, changes=tuple(t for t in state.changes if now - t < DAY))
+    state = replace(state, changes=tuple(t for t in state.changes if now - t < DAY),
+                    rejected=tuple(r for r in state.rejected if r.until > now))
     k = window.k
     if s.mode == "Off":
         return _keep(k, state, "autotune is Off")
 
+    model: Any
+    if cost is not None:
+        model = _Known(cost)
+    else:
+        state = _calibrate(s, state, window, now)
+        model = state.cost or calibration.prior()
+    source = getattr(model, "source", "prior")
+    kw: dict[str, Any] = {"cost_source": source}
+
+    # History first: the load the next K will live under includes this window.
+    horizon = s.regime_seconds
+    hist = regime.update_load(state.load_hist, state.history_time, window.load, now=now,
+                              window_seconds=window.seconds, horizon=horizon)
+    acc, dr = state.acc_sum, state.acc_drafts
+    if k != OFF and window.drafts > 0 and len(window.accepted_per_pos) == k:
+        acc, dr = regime.update_acceptance(acc, dr, state.history_time, window.drafts,
+                                           window.accepted_per_pos, now=now,
+                                           window_seconds=window.seconds, horizon=horizon / 2)
+    state = replace(state, load_hist=hist, acc_sum=acc, acc_drafts=dr, history_time=now)
+
     # Evidence gate: never act on a handful of drafts.
     if k != OFF and (window.drafts < s.min_drafts or window.requests < s.min_requests):
-        return _keep(k, replace(state, pending_k=None, pending_count=0), (
+        return _keep(k, replace(state, pending_k=None, pending_count=0, pending_since=None), (
             f"evidence gate: {window.drafts:.0f}/{s.min_drafts:.0f} drafts, "
-            f"{window.requests:.0f}/{s.min_requests:.0f} requests in the window"))
+            f"{window.requests:.0f}/{s.min_requests:.0f} requests in the window"), **kw)
     if k == OFF and window.requests < s.min_requests:
-        return _keep(k, state, f"evidence gate: {window.requests:.0f} requests")
+        return _keep(k, state, f"evidence gate: {window.requests:.0f} requests", **kw)
 
+    extend = min(s.k_max, k + s.max_step)
     survival: acceptance.Survival | None = None
     if k != OFF:
         survival = acceptance.from_counters(window.drafts, window.accepted_per_pos,
-                                            extend_to=min(s.k_max, k + s.max_step))
+                                            extend_to=extend)
         state = replace(state, survival=tuple(round(v, 4) for v in survival.s[:k]))
     elif state.survival:
         # Off: no drafts to measure; judge re-enabling from the last measured profile.
@@ -238,39 +446,58 @@ def decide(
         survival = acceptance.from_counters(pseudo, [v * pseudo for v in last],
                                             extend_to=min(s.k_max, len(last) + s.max_step))
     else:
-        return _keep(k, state, "speculation is off and no acceptance was ever measured")
+        return _keep(k, state, "speculation is off and no acceptance was ever measured", **kw)
+
+    # Verification of the last change comes before any new idea.
+    state, rb = _verify(s, state, window, survival, model, now)
+    if rb is not None:
+        return replace(rb, cost_source=source)
+    if state.verify is not None:
+        v = state.verify
+        return _keep(k, state, (f"verifying K {v.k_from} -> {v.k_to}: {len(v.samples)} "
+                                f"windows, {now - v.time:.0f}/{s.verify_after_seconds:.0f}s"),
+                     **kw)
 
     gain: float | None = None
     preds: dict[int, float] = {}
     if s.policy == "threshold":
         rate = window.acceptance_rate
         if rate is None:
-            return _keep(k, state, "no draft tokens in the window")
+            return _keep(k, state, "no draft tokens in the window", **kw)
         target, why = threshold_target(s, k, rate)
     else:
-        target, why, gain, preds = goodput_target(s, window, survival, cost)
+        long_s = (_long_survival(state, k, window, extend) if k != OFF else None) or survival
+        load = regime.distribution(state.load_hist) or list(window.load)
+        age = now - state.pending_since if state.pending_since is not None else 0.0
+        life = regime.remaining_life(age, horizon, MAX_LIFE_SECONDS)
+        target, why, gain, preds = goodput_target(
+            s, k, long_s, load, model, survival, window.load, life,
+            frozenset(r.k for r in state.rejected))
+    kw.update(predicted_gain=gain, predictions=preds)
 
     if target == k:
-        return _keep(k, replace(state, pending_k=None, pending_count=0), why,
-                     predicted_gain=gain, predictions=preds)
+        return _keep(k, replace(state, pending_k=None, pending_count=0, pending_since=None),
+                     why, **kw)
 
     # Hysteresis: the same target on consecutive evaluations before acting.
-    count = state.pending_count + 1 if state.pending_k == target else 1
-    state = replace(state, pending_k=target, pending_count=count)
+    same = state.pending_k == target
+    count = state.pending_count + 1 if same else 1
+    state = replace(state, pending_k=target, pending_count=count,
+                    pending_since=state.pending_since if same else now)
     if count < s.confirmations:
         return _keep(k, state, f"{why}; awaiting confirmation ({count}/{s.confirmations})",
-                     recommended=target, predicted_gain=gain, predictions=preds)
+                     recommended=target, **kw)
     if state.last_change is not None and now - state.last_change < s.cooldown_seconds:
         left = s.cooldown_seconds - (now - state.last_change)
-        return _keep(k, state, f"{why}; cooldown: {left:.0f}s left", recommended=target,
-                     predicted_gain=gain, predictions=preds)
+        return _keep(k, state, f"{why}; cooldown: {left:.0f}s left", recommended=target, **kw)
     if len(state.changes) >= s.max_changes_per_day:
         return _keep(k, state, f"{why}; daily budget of {s.max_changes_per_day} changes "
-                     "used", recommended=target, predicted_gain=gain, predictions=preds)
+                     "used", recommended=target, **kw)
     if s.mode == "Recommend":
         return _keep(k, state, f"{why} (Recommend mode: not applied)", recommended=target,
-                     predicted_gain=gain, predictions=preds)
+                     **kw)
+    verify = Verification(k_from=k, k_to=target, time=now, predicted=gain or 0.0) \
+        if s.policy == "goodput" else None
     new_state = replace(state, last_change=now, changes=(*state.changes, now),
-                        pending_k=None, pending_count=0)
-    return Decision("change", k, target, target, why, new_state, predicted_gain=gain,
-                    predictions=preds)
+                        pending_k=None, pending_count=0, pending_since=None, verify=verify)
+    return Decision("change", k, target, target, why, new_state, **kw)
