@@ -44,11 +44,14 @@ KNEES = (16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0)
 # Prior standard deviation of each parameter, relative to its (scaled) prior value: how far
 # another GPU/model may plausibly be from the H200 shape. The drafter's share is wide because
 # drafters differ (one MTP layer vs a separate small model vs MoE targets with dense drafters).
-PRIOR_REL_SD = (0.5, 1.0, 1.0, 1.0, 0.6, 0.6, 1.0)
+PRIOR_REL_SD = (0.5, 1.0, 1.0, 1.0, 0.6, 0.6, 0.25)
+# ... plus this much of the step floor (per unit of the feature), so that a parameter the
+# prior puts at ~0 can still move.
+PRIOR_ABS_SD = (0.01, 0.002, 0.002, 0.002, 0.01, 0.0005, 0.05)
 KNEE_PENALTY = 0.5            # per octave of knee moved away from the prior's, squared
 MIN_SIGMA = 0.015             # floor on the relative noise of one point (misfit, jitter)
 MAX_RMS = 0.25                # a fit worse than this (relative RMS) is not trusted
-MIN_POINTS = 3
+MIN_WINDOWS = 3             # windows of evidence (any K, any load) before a fit counts
 MAX_POINTS = 48
 POINT_WEIGHT_CAP = 12.0       # a bin never outweighs new evidence by more than this
 POINT_HALF_LIFE = 3 * 86_400.0  # old evidence fades (driver, model or traffic drift)
@@ -64,7 +67,7 @@ class CalPoint:
     n: float            # verify tokens per step, prefill included
     t_ms: float         # mean step time
     w: float            # evidence weight (windows, decayed)
-    t: float            # last update (epoch seconds)
+    t: float            # the time w refers to (epoch seconds; weights decay from it)
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ def prior() -> CostModel:
 def _sd(i: int, theta: Sequence[float]) -> float:
     # Relative to the parameter, with an absolute floor tied to the step floor so that a
     # parameter the prior puts at ~0 can still move.
-    return PRIOR_REL_SD[i] * abs(theta[i]) + 0.01 * abs(theta[0]) * (1.0 if i != 3 else 0.01)
+    return PRIOR_REL_SD[i] * abs(theta[i]) + PRIOR_ABS_SD[i] * abs(theta[0])
 
 
 def _diag(v: Sequence[float]) -> tuple[tuple[float, ...], ...]:
@@ -279,8 +282,9 @@ def add_point(points: Sequence[CalPoint], p: CalPoint) -> tuple[CalPoint, ...]:
     out: list[CalPoint] = []
     merged = False
     for q in points:
+        # Weights are kept as of the newest point's time (t), so decay is applied once.
         decay = 0.5 ** (max(0.0, p.t - q.t) / POINT_HALF_LIFE)
-        q = replace(q, w=q.w * decay)
+        q = replace(q, w=q.w * decay, t=max(q.t, p.t))
         if not merged and _bin(q) == _bin(p):
             w = q.w + p.w
             q = CalPoint(k=p.k, b=(q.b * q.w + p.b * p.w) / w, n=(q.n * q.w + p.n * p.w) / w,
@@ -309,9 +313,10 @@ def fit(points: Sequence[CalPoint], *, now: float,
                        if keep is not base else reason, time=now)
 
     pts = [p for p in points if p.w > 1e-3 and p.t_ms > 0 and math.isfinite(p.t_ms)]
-    if len(pts) < MIN_POINTS:
-        return replace(base, reason=f"{len(pts)} step-time points, {MIN_POINTS} needed",
-                       quality=_quality(pts, 0.0), time=now)
+    windows = sum(p.w for p in pts)
+    if windows < MIN_WINDOWS:
+        return replace(base, reason=f"{windows:.0f} windows of step-time evidence, "
+                       f"{MIN_WINDOWS} needed", quality=_quality(pts, 0.0), time=now)
     # Scale: the prior's shape brought to this hardware's level (geometric mean ratio).
     logs = [math.log(p.t_ms / base.step_ms(p.b, p.k, p.n - p.b * (p.k + 1))) for p in pts]
     wsum = sum(min(p.w, 4.0) for p in pts)

@@ -33,6 +33,8 @@ DAY = 86_400.0
 OFF = 0  # draft length 0: speculative decoding off
 REFIT_SECONDS = 900.0        # refit the cost model at most this often (and on a new K)
 MAX_LIFE_SECONDS = 12 * 3600.0
+LONG_FACTOR = 4.0            # the day-scale load history: recurring spikes stay in view
+PROBE_MIN_WINDOWS = 6.0      # windows of step-time evidence before a probe
 OUTCOMES = 10
 
 
@@ -57,6 +59,10 @@ class Settings:
     restart_cost_seconds: float = 300.0
     regime_seconds: float = 10_800.0
     cost_model: Literal["Calibrated", "Prior"] = "Calibrated"
+    # exploration: one verified try of a K the cost model has never seen, when it cannot
+    # rule out a large gain there (value of information), at most once per probe interval
+    explore: bool = True
+    probe_interval_seconds: float = 86_400.0
     confidence_z: float = 1.64
     confirmations: int = 2
     # verification of each change, and rejection of a K that made things worse
@@ -89,6 +95,7 @@ class Settings:
             ("regimeSeconds", "regime_seconds", float),
             ("costModel", "cost_model", str),
             ("rejectCooldownSeconds", "reject_cooldown_seconds", float),
+            ("explore", "explore", bool),
         ):
             if key in at:
                 kw[name] = conv(at[key])
@@ -164,11 +171,13 @@ class State:
     cost_note: str = ""                             # why the last window was (not) used
     # regime history
     history_time: float | None = None
-    load_hist: tuple[float, ...] = ()
+    load_hist: tuple[float, ...] = ()               # EW over regime_seconds
+    load_hist_long: tuple[float, ...] = ()          # EW over LONG_FACTOR x regime_seconds
     acc_sum: tuple[float, ...] = ()                 # EW accepted per position
     acc_drafts: tuple[float, ...] = ()              # EW drafts per position
     # verification
     verify: Verification | None = None
+    last_probe: float | None = None
     rejected: tuple[Rejected, ...] = ()
     outcomes: tuple[Outcome, ...] = ()
 
@@ -252,36 +261,49 @@ def _lcb_gain(s: Settings, k: int, c: int, survival: acceptance.Survival, load: 
 
 
 def goodput_target(
-    s: Settings, k: int, survival: acceptance.Survival, load: Load, cost: Any,
+    s: Settings, k: int, survival: acceptance.Survival, loads: list[Load], cost: Any,
     now_survival: acceptance.Survival, now_load: Load, life: float,
-    rejected: frozenset[int] = frozenset(),
+    rejected: frozenset[int] = frozenset(), probe: frozenset[int] = frozenset(),
 ) -> tuple[int, str, float, dict[int, float]]:
-    """Best K by the lower confidence bound of its gain under the regime (history) load.
+    """Best K by the lower confidence bound of its gain under the load histories.
 
-    The hurdle is min_gain + restart_cost / life: a change must earn its restart back over
-    the regime's expected remaining life. The current window must agree (the candidate's
-    point gain now is positive), so a stale history never overrides what runs now.
-    Returns (target, reason, predicted gain of the target, point predictions per k).
+    A candidate must pay under every history (the regime's hours and the day's): its gain
+    counts as the smallest of them. The hurdle is min_gain + restart_cost / life: a change
+    must earn its restart back over the regime's expected remaining life. The current window
+    must agree (the candidate's point gain now is positive), so a stale history never
+    overrides what runs now. Returns (target, reason, predicted gain, point predictions).
     """
-    cur = goodput(k, survival.tokens_per_step, load, cost)
+    load = loads[0]
+    curs = [goodput(k, survival.tokens_per_step, ld, cost) for ld in loads]
     cur_now = goodput(k, now_survival.tokens_per_step, now_load, cost)
     preds: dict[int, float] = {}
+    gains: dict[int, float] = {}
     best, best_lo = k, -math.inf
     for c in _candidates(s, k):
-        preds[c] = goodput(c, survival.tokens_per_step, load, cost)
+        pc = [goodput(c, survival.tokens_per_step, ld, cost) for ld in loads]
+        preds[c] = pc[0]
+        gains[c] = min(p / cu - 1.0 for p, cu in zip(pc, curs, strict=True))
         if c == k or c in rejected:
             continue
-        lo = _lcb_gain(s, k, c, survival, load, cost, cur)
+        lo = min(_lcb_gain(s, k, c, survival, ld, cost, cu)
+                 for ld, cu in zip(loads, curs, strict=True))
         if lo > best_lo:
             best, best_lo = c, lo
     hurdle = s.min_gain + s.restart_cost_seconds / life
-    gain = preds[best] / cur - 1.0 if cur > 0 else 0.0
+    gain = gains[best]
     now_gain = (goodput(best, now_survival.tokens_per_step, now_load, cost) / cur_now - 1.0
                 if best != k and cur_now > 0 else 0.0)
+    if (best == k or best_lo <= hurdle or now_gain <= 0) and probe:
+        p = _probe(s, k, survival, load, cost, curs[0], hurdle, probe, rejected)
+        if p is not None:
+            c, ucb, point = p
+            return c, (f"K {k} -> {c}: probe of an unmeasured K: the cost model cannot rule "
+                       f"out {ucb:+.1%} there (point {point:+.1%}, hurdle {hurdle:.1%}); "
+                       "verified and rolled back if not better"), point, preds
     if best == k or best_lo <= hurdle or now_gain <= 0:
-        point = max((c for c in preds if c not in rejected or c == k), key=lambda c: preds[c])
-        why = (f"K {k} kept: best alternative K {point} predicts {preds[point] / cur - 1:+.1%} "
-               f"under the {s.regime_seconds / 3600:.3g}h load history")
+        point = max((c for c in gains if c not in rejected or c == k), key=lambda c: gains[c])
+        why = (f"K {k} kept: best alternative K {point} predicts {gains[point]:+.1%} "
+               f"under the load history")
         if best != k:
             why += f" (K {best}: lower bound {best_lo:+.1%}"
             why += (f", below the {hurdle:.1%} hurdle: min gain + restart cost over "
@@ -294,6 +316,28 @@ def goodput_target(
         f"{best_lo:+.1%} > {hurdle:.1%} hurdle over {life / 3600:.1f}h; now {now_gain:+.1%}); "
         f"L({k})={survival.tokens_per_step(k):.2f}, "
         f"L({best})={survival.tokens_per_step(best):.2f}"), gain, preds
+
+
+PROBE_SPAN = 2        # a probe moves K by at most this much
+PROBE_MIN_POINT = -0.03  # never probe a K the model already expects to lose by more
+
+
+def _probe(s: Settings, k: int, survival: acceptance.Survival, load: Load, cost: Any,
+           cur: float, hurdle: float, unmeasured: frozenset[int], rejected: frozenset[int]
+           ) -> tuple[int, float, float] | None:
+    """The unmeasured K next to the current one whose optimistic gain most beats twice the
+    hurdle (a probe may cost two restarts: there and back)."""
+    tw = sum(w for _, w in load)
+    best: tuple[int, float, float] | None = None
+    for c in _candidates(s, k):
+        if c in (k, OFF) or c not in unmeasured or c in rejected or abs(c - k) > PROBE_SPAN:
+            continue
+        point = goodput(c, survival.tokens_per_step, load, cost) / cur - 1.0
+        se_t = sum(w * cost.ratio_se(b, c, k) for b, w in load) / tw if tw > 0 else 0.0
+        ucb = (1.0 + point) * math.exp(s.confidence_z * se_t) - 1.0
+        if point >= PROBE_MIN_POINT and ucb > 2 * hurdle and (best is None or ucb > best[1]):
+            best = (c, ucb, point)
+    return best
 
 
 def _long_survival(state: State, k: int, window: Window, extend_to: int
@@ -364,20 +408,22 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
                            outcomes=(*state.outcomes, out)[-OUTCOMES:]), None
         return state, None
     upper = mean + s.confidence_z * se
-    if upper < 0:
+    if upper < 0 or (v.probe and mean < 0):
         evidence = (f"K {v.k_to} realized {mean:+.1%} (upper bound {upper:+.1%}, "
                     f"{len(v.samples)} windows) vs K {v.k_from} at the same load; "
                     f"predicted {v.predicted:+.1%}")
         out = Outcome(v.time, v.k_from, v.k_to, v.predicted, mean, "rolled back")
         rej = tuple(r for r in state.rejected if r.k != v.k_to and r.until > now)
+        if upper < 0:   # confidently worse: not again until the cooldown expires
+            rej = (*rej, Rejected(v.k_to, now + s.reject_cooldown_seconds, evidence))
         st = replace(state, verify=None, outcomes=(*state.outcomes, out)[-OUTCOMES:],
-                     rejected=(*rej, Rejected(v.k_to, now + s.reject_cooldown_seconds,
-                                              evidence)),
+                     rejected=rej,
                      last_change=now, changes=(*state.changes, now),
                      pending_k=None, pending_count=0, pending_since=None)
         name = "off" if v.k_from == OFF else str(v.k_from)
-        why = (f"rollback K {v.k_to} -> {name}: {evidence}; K {v.k_to} rejected for "
-               f"{s.reject_cooldown_seconds / 3600:.3g}h")
+        why = (f"rollback K {v.k_to} -> {name}: {evidence}" + (
+            f"; K {v.k_to} rejected for {s.reject_cooldown_seconds / 3600:.3g}h"
+            if upper < 0 else "; the probe was not better"))
         if s.mode == "Recommend":
             return st, _keep(window.k, st, why + " (Recommend mode: not applied)",
                              recommended=v.k_from, rollback=True)
@@ -418,12 +464,16 @@ def decide(
     horizon = s.regime_seconds
     hist = regime.update_load(state.load_hist, state.history_time, window.load, now=now,
                               window_seconds=window.seconds, horizon=horizon)
+    hist_long = regime.update_load(state.load_hist_long, state.history_time, window.load,
+                                   now=now, window_seconds=window.seconds,
+                                   horizon=LONG_FACTOR * horizon)
     acc, dr = state.acc_sum, state.acc_drafts
     if k != OFF and window.drafts > 0 and len(window.accepted_per_pos) == k:
         acc, dr = regime.update_acceptance(acc, dr, state.history_time, window.drafts,
                                            window.accepted_per_pos, now=now,
                                            window_seconds=window.seconds, horizon=horizon / 2)
-    state = replace(state, load_hist=hist, acc_sum=acc, acc_drafts=dr, history_time=now)
+    state = replace(state, load_hist=hist, load_hist_long=hist_long, acc_sum=acc,
+                    acc_drafts=dr, history_time=now)
 
     # Evidence gate: never act on a handful of drafts.
     if k != OFF and (window.drafts < s.min_drafts or window.requests < s.min_requests):
@@ -460,6 +510,7 @@ def decide(
 
     gain: float | None = None
     preds: dict[int, float] = {}
+    is_probe = False
     if s.policy == "threshold":
         rate = window.acceptance_rate
         if rate is None:
@@ -467,12 +518,21 @@ def decide(
         target, why = threshold_target(s, k, rate)
     else:
         long_s = (_long_survival(state, k, window, extend) if k != OFF else None) or survival
-        load = regime.distribution(state.load_hist) or list(window.load)
+        loads = [regime.distribution(h) or list(window.load)
+                 for h in (state.load_hist, state.load_hist_long)]
         age = now - state.pending_since if state.pending_since is not None else 0.0
         life = regime.remaining_life(age, horizon, MAX_LIFE_SECONDS)
+        probe: frozenset[int] = frozenset()
+        evidence = sum(p.w for p in state.points)
+        if s.explore and cost is None and source == "fitted" and \
+                evidence >= PROBE_MIN_WINDOWS and (
+                state.last_probe is None or now - state.last_probe >= s.probe_interval_seconds):
+            seen = {p.k for p in state.points}
+            probe = frozenset(c for c in range(s.k_min, s.k_max + 1) if c not in seen)
         target, why, gain, preds = goodput_target(
-            s, k, long_s, load, model, survival, window.load, life,
-            frozenset(r.k for r in state.rejected))
+            s, k, long_s, loads, model, survival, window.load, life,
+            frozenset(r.k for r in state.rejected), probe)
+        is_probe = why.startswith(f"K {k} -> {target}: probe")
     kw.update(predicted_gain=gain, predictions=preds)
 
     if target == k:
@@ -496,8 +556,9 @@ def decide(
     if s.mode == "Recommend":
         return _keep(k, state, f"{why} (Recommend mode: not applied)", recommended=target,
                      **kw)
-    verify = Verification(k_from=k, k_to=target, time=now, predicted=gain or 0.0) \
-        if s.policy == "goodput" else None
+    verify = Verification(k_from=k, k_to=target, time=now, predicted=gain or 0.0,
+                          probe=is_probe) if s.policy == "goodput" else None
     new_state = replace(state, last_change=now, changes=(*state.changes, now),
-                        pending_k=None, pending_count=0, pending_since=None, verify=verify)
+                        pending_k=None, pending_count=0, pending_since=None, verify=verify,
+                        last_probe=now if is_probe else state.last_probe)
     return Decision("change", k, target, target, why, new_state, **kw)

@@ -35,6 +35,7 @@ class Verification:
     k_to: int
     time: float                         # when the change was made
     predicted: float                    # the decision's predicted relative gain
+    probe: bool = False                 # an exploratory change: kept only if better
     samples: tuple[tuple[float, float], ...] = ()   # (time, realized gain) per window
 
 
