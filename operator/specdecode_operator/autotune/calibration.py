@@ -51,6 +51,7 @@ PRIOR_ABS_SD = (0.01, 0.002, 0.002, 0.002, 0.01, 0.0005, 0.05)
 KNEE_PENALTY = 0.5            # per octave of knee moved away from the prior's, squared
 MIN_SIGMA = 0.015             # floor on the relative noise of one point (misfit, jitter)
 MAX_RMS = 0.25                # a fit worse than this (relative RMS) is not trusted
+MAX_RATIO_SE = 1.0
 MIN_WINDOWS = 3             # windows of evidence (any K, any load) before a fit counts
 MAX_POINTS = 48
 POINT_WEIGHT_CAP = 12.0       # a bin never outweighs new evidence by more than this
@@ -109,7 +110,8 @@ class CostModel:
         g = [xc / tc - xk / tk for xc, xk in zip(self.features(b, c), self.features(b, k),
                                                    strict=True)]
         var = sum(g[i] * self.cov[i][j] * g[j] for i in range(P) for j in range(P))
-        return math.sqrt(max(var, 0.0))
+        # Capped: beyond ~100% the model knows nothing, and exp() of it must stay finite.
+        return min(MAX_RATIO_SE, math.sqrt(max(var, 0.0)))
 
     def params(self) -> dict[str, float]:
         return {**{n: round(v, 4) for n, v in zip(NAMES, self.theta, strict=True)},
@@ -225,9 +227,35 @@ def _posterior(
     return mean, inv
 
 
+# Physical signs: a step never gets cheaper with more sequences, tokens or drafts, and the
+# roofline bends up at its knee. Only the prior's staircase (ripple) is free.
+NONNEGATIVE = (True, True, True, True, True, True, False)
+
+
+def _posterior_nonneg(
+    rows: Sequence[Sequence[float]], ys: Sequence[float], ws: Sequence[float],
+    prior_var: Sequence[float], prior_mean: Sequence[float],
+) -> tuple[list[float], list[list[float]]] | None:
+    """The posterior with the sign constraints (active set: a parameter that comes out
+    negative is pinned at zero and the rest re-solved)."""
+    var, mean = list(prior_var), [max(0.0, m) if NONNEGATIVE[i] else m
+                                  for i, m in enumerate(prior_mean)]
+    post = None
+    for _ in range(len(var)):
+        post = _posterior(rows, ys, ws, var, mean)
+        if post is None:
+            return None
+        neg = [i for i, v in enumerate(post[0]) if NONNEGATIVE[i] and v < 0]
+        if not neg:
+            return post
+        for i in neg:
+            var[i], mean[i] = 1e-12, 0.0
+    return post
+
+
 def _solve_normal(rows: Sequence[Sequence[float]], ys: Sequence[float], ws: Sequence[float],
                   prior_var: Sequence[float], prior_mean: Sequence[float]) -> list[float] | None:
-    post = _posterior(rows, ys, ws, prior_var, prior_mean)
+    post = _posterior_nonneg(rows, ys, ws, [*prior_var, 1.0][:len(prior_mean)], prior_mean)
     return None if post is None else post[0]
 
 
@@ -331,7 +359,7 @@ def fit(points: Sequence[CalPoint], *, now: float,
             x = _features(p.b, p.k, p.n - p.b * (p.k + 1), knee)
             rows.append([v / p.t_ms for v in x])
             ws.append(min(p.w, 4.0) / sigma ** 2)
-        post = _posterior(rows, [1.0] * len(rows), ws, var0, mean0)
+        post = _posterior_nonneg(rows, [1.0] * len(rows), ws, var0, mean0)
         if post is None:
             return None
         th, cov = post

@@ -62,7 +62,7 @@ class Settings:
     # exploration: one verified try of a K the cost model has never seen, when it cannot
     # rule out a large gain there (value of information), at most once per probe interval
     explore: bool = True
-    probe_interval_seconds: float = 86_400.0
+    probe_interval_seconds: float = 21_600.0
     confidence_z: float = 1.64
     confirmations: int = 2
     # verification of each change, and rejection of a K that made things worse
@@ -171,6 +171,7 @@ class State:
     cost_note: str = ""                             # why the last window was (not) used
     # regime history
     history_time: float | None = None
+    history_start: float | None = None
     load_hist: tuple[float, ...] = ()               # EW over regime_seconds
     load_hist_long: tuple[float, ...] = ()          # EW over LONG_FACTOR x regime_seconds
     acc_sum: tuple[float, ...] = ()                 # EW accepted per position
@@ -273,7 +274,6 @@ def goodput_target(
     must agree (the candidate's point gain now is positive), so a stale history never
     overrides what runs now. Returns (target, reason, predicted gain, point predictions).
     """
-    load = loads[0]
     curs = [goodput(k, survival.tokens_per_step, ld, cost) for ld in loads]
     cur_now = goodput(k, now_survival.tokens_per_step, now_load, cost)
     preds: dict[int, float] = {}
@@ -294,7 +294,7 @@ def goodput_target(
     now_gain = (goodput(best, now_survival.tokens_per_step, now_load, cost) / cur_now - 1.0
                 if best != k and cur_now > 0 else 0.0)
     if (best == k or best_lo <= hurdle or now_gain <= 0) and probe:
-        p = _probe(s, k, survival, load, cost, curs[0], hurdle, probe, rejected)
+        p = _probe(s, k, survival, loads, cost, curs, hurdle, probe, rejected)
         if p is not None:
             c, ucb, point = p
             return c, (f"K {k} -> {c}: probe of an unmeasured K: the cost model cannot rule "
@@ -322,20 +322,25 @@ PROBE_SPAN = 2        # a probe moves K by at most this much
 PROBE_MIN_POINT = -0.03  # never probe a K the model already expects to lose by more
 
 
-def _probe(s: Settings, k: int, survival: acceptance.Survival, load: Load, cost: Any,
-           cur: float, hurdle: float, unmeasured: frozenset[int], rejected: frozenset[int]
-           ) -> tuple[int, float, float] | None:
-    """The unmeasured K next to the current one whose optimistic gain most beats twice the
-    hurdle (a probe may cost two restarts: there and back)."""
-    tw = sum(w for _, w in load)
+def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load], cost: Any,
+           curs: list[float], hurdle: float, unmeasured: frozenset[int],
+           rejected: frozenset[int]) -> tuple[int, float, float] | None:
+    """The unmeasured K next to the current one that the model likes best, among those whose
+    optimistic gain beats twice the hurdle under every history (a probe may cost two
+    restarts: there and back)."""
     best: tuple[int, float, float] | None = None
     for c in _candidates(s, k):
         if c in (k, OFF) or c not in unmeasured or c in rejected or abs(c - k) > PROBE_SPAN:
             continue
-        point = goodput(c, survival.tokens_per_step, load, cost) / cur - 1.0
-        se_t = sum(w * cost.ratio_se(b, c, k) for b, w in load) / tw if tw > 0 else 0.0
-        ucb = (1.0 + point) * math.exp(s.confidence_z * se_t) - 1.0
-        if point >= PROBE_MIN_POINT and ucb > 2 * hurdle and (best is None or ucb > best[1]):
+        points, ucbs = [], []
+        for ld, cur in zip(loads, curs, strict=True):
+            tw = sum(w for _, w in ld)
+            point = goodput(c, survival.tokens_per_step, ld, cost) / cur - 1.0
+            se_t = sum(w * cost.ratio_se(b, c, k) for b, w in ld) / tw if tw > 0 else 0.0
+            points.append(point)
+            ucbs.append((1.0 + point) * math.exp(s.confidence_z * se_t) - 1.0)
+        point, ucb = min(points), min(ucbs)
+        if point >= PROBE_MIN_POINT and ucb > 2 * hurdle and (best is None or point > best[2]):
             best = (c, ucb, point)
     return best
 
@@ -473,7 +478,8 @@ def decide(
                                            window.accepted_per_pos, now=now,
                                            window_seconds=window.seconds, horizon=horizon / 2)
     state = replace(state, load_hist=hist, load_hist_long=hist_long, acc_sum=acc,
-                    acc_drafts=dr, history_time=now)
+                    acc_drafts=dr, history_time=now,
+                    history_start=now if state.history_start is None else state.history_start)
 
     # Evidence gate: never act on a handful of drafts.
     if k != OFF and (window.drafts < s.min_drafts or window.requests < s.min_requests):
@@ -524,8 +530,9 @@ def decide(
         life = regime.remaining_life(age, horizon, MAX_LIFE_SECONDS)
         probe: frozenset[int] = frozenset()
         evidence = sum(p.w for p in state.points)
+        seen_for = now - (state.history_start or now)
         if s.explore and cost is None and source == "fitted" and \
-                evidence >= PROBE_MIN_WINDOWS and (
+                evidence >= PROBE_MIN_WINDOWS and seen_for >= s.regime_seconds and (
                 state.last_probe is None or now - state.last_probe >= s.probe_interval_seconds):
             seen = {p.k for p in state.points}
             probe = frozenset(c for c in range(s.k_min, s.k_max + 1) if c not in seen)
