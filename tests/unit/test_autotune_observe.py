@@ -108,7 +108,10 @@ def test_evaluation_records_decision_history_and_state() -> None:
 
 
 def test_history_is_bounded_and_survives_round_trips() -> None:
-    s = Settings(confirmations=1, cooldown_seconds=0, max_changes_per_day=100)
+    # The threshold policy: it follows each window, so the history fills (the goodput policy
+    # no longer chases acceptance flipping every minute).
+    s = Settings(policy="threshold", confirmations=1, cooldown_seconds=0,
+                 max_changes_per_day=100)
     status: dict[str, Any] = {}
     k, a = 3, 0.95
     for i in range(15):
