@@ -332,8 +332,37 @@ def _autotune() -> dict[str, Any]:
                               "bound) worth a change, before the restart cost.",
                               minimum=0, maximum=1, default=0.02),
             "restartCostSeconds": integer(
-                "Serving time lost per change (model load, rollout), charged against the "
-                "gain over a two-hour horizon.", minimum=0, maximum=86_400, default=300),
+                "Serving time lost per replica per change (model load); a rolling change "
+                "of R replicas loses R x this of one replica's capacity, charged against "
+                "the gain over the regime's expected remaining life.", minimum=0,
+                maximum=86_400, default=300),
+            "regimeSeconds": integer(
+                "Time constant of the load history candidate Ks are priced against (the "
+                "acceptance history uses half of it, a day-scale load history four times "
+                "it). A change must earn its restart back over the regime's expected "
+                "remaining life, so load swings much shorter than this never cause one.",
+                minimum=600, maximum=604_800, default=10_800),
+            "costModel": string(
+                "Calibrated: fit this deployment's step cost from its vLLM latency "
+                "histograms, with the shipped H200 table as the prior. Prior: use the "
+                "table only (with its uncertainty).",
+                enum=["Calibrated", "Prior"], default="Calibrated"),
+            "explore": boolean(
+                "Allow one verified try of a K next to the current one that was never "
+                "measured, when the cost model cannot rule out a large gain there (at most "
+                "every 6 h; rolled back unless it measured better).", default=True),
+            "rejectCooldownSeconds": integer(
+                "How long a K that verification found worse than the K before it is not "
+                "tried again.", minimum=0, maximum=2_592_000, default=86_400),
+            "verification": obj(
+                "Verification of every change: the new K's measured per-request decode "
+                "speed against the old K's at the same load; confidently worse is rolled "
+                "back.", {
+                    "afterSeconds": integer("Time the new K runs before the verdict.",
+                                            minimum=0, maximum=86_400, default=1800),
+                    "minWindows": integer("Windows at the new K before the verdict.",
+                                          minimum=0, maximum=100, default=3),
+                }, default={}),
             "evidence": obj("Evidence gate: no decision on less data than this.", {
                 "minDrafts": integer("Drafts in the window.", minimum=0, default=2000),
                 "minRequests": integer("Finished requests in the window.", minimum=0,
