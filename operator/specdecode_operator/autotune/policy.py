@@ -31,7 +31,7 @@ from .verification import Outcome, Rejected, Verification, realized_gain, summar
 
 DAY = 86_400.0
 OFF = 0  # draft length 0: speculative decoding off
-REFIT_SECONDS = 900.0        # refit the cost model at most this often (and on a new K)
+REFIT_SECONDS = 1800.0       # refit the cost model at most this often (and on a new K)
 MAX_LIFE_SECONDS = 12 * 3600.0
 LONG_FACTOR = 4.0            # the day-scale load history: recurring spikes stay in view
 PROBE_MIN_WINDOWS = 6.0      # windows of step-time evidence before a probe
@@ -387,8 +387,9 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
     v = state.verify
     if v is None:
         return state, None
-    if window.k == v.k_to and state.cost_note == "window used" and \
-            window.itl_count > 0 and window.steps > 0:
+    usable, _why = calibration.point_from_sample(
+        window.step_sample(), now=now, last_change=v.time, window_seconds=s.window_seconds)
+    if window.k == v.k_to and usable is not None:
         t_new = 1000.0 * window.itl_sum / window.itl_count
         sample = window.step_sample()
         b = window.itl_count / window.steps * (1 + min(sample.load_cv2, 4.0))

@@ -1,0 +1,219 @@
+"""Step-cost calibration, the regime rule, and verification with rollback (pure)."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from specdecode_operator.autotune import Settings, State, Window, decide, default_profile
+from specdecode_operator.autotune import calibration as cal
+from specdecode_operator.autotune.acceptance import iid
+from specdecode_operator.autotune.verification import Verification
+
+NOW = 1_800_000_000.0
+
+
+def synthetic_ms(b: float, k: int) -> float:
+    """A GPU that is not the H200: lower floor, early knee at 96 tokens, dearer drafter."""
+    n = b * (k + 1)
+    return 8.0 + 0.3 * b + 0.12 * n + 0.5 * max(0.0, n - 96) + k * (1.5 + 0.01 * b)
+
+
+def sample(k: int, b: float, t_ms: float, steps: float = 30_000.0) -> cal.StepSample:
+    return cal.StepSample(k=k, itl_sum=steps * b * t_ms / 1000, itl_count=steps * b,
+                          steps=steps, prompt_tokens=0.0)
+
+
+# ---- calibration ------------------------------------------------------------------------
+def test_recovers_a_synthetic_curve_that_is_not_the_prior() -> None:
+    rng = random.Random(7)
+    points: tuple[cal.CalPoint, ...] = ()
+    t = NOW
+    for i in range(80):
+        k = 3 if i % 2 else 6
+        b = rng.choice([1, 2, 4, 8, 16, 32, 48, 64]) * rng.uniform(0.9, 1.1)
+        p, why = cal.point_from_sample(sample(k, b, synthetic_ms(b, k) * rng.gauss(1, 0.02)),
+                                       now=t, last_change=None, window_seconds=600)
+        assert p is not None, why
+        points = cal.add_point(points, p)
+        t += 600
+    m = cal.fit(points, now=t)
+    assert m.source == "fitted" and m.quality.ks == (3, 6)
+    grid = [(b, k) for b in (2, 8, 32, 64) for k in range(2, 9)]
+    err = max(abs(m.step_ms(b, k) / synthetic_ms(b, k) - 1) for b, k in grid)
+    prior_err = max(abs(cal.prior().step_ms(b, k) / synthetic_ms(b, k) - 1) for b, k in grid)
+    assert err < 0.10, err               # stated tolerance: 10 % over B 2..64, K 2..8
+    assert prior_err > 0.3               # and the prior is far off: the data did the work
+    assert m.quality.rms < 0.05
+    # Observed Ks are known better than unobserved ones.
+    assert m.ratio_se(16, 6, 3) < m.ratio_se(16, 11, 3)
+
+
+def test_one_k_keeps_the_priors_shape_scaled_and_says_how_sure_it_is() -> None:
+    points: tuple[cal.CalPoint, ...] = ()
+    for i, b in enumerate((2, 4, 8, 16, 32)):
+        p, _ = cal.point_from_sample(sample(5, b, 2 * cal.prior().step_ms(b, 5)),
+                                     now=NOW + i, last_change=None, window_seconds=600)
+        assert p is not None
+        points = cal.add_point(points, p)
+    m = cal.fit(points, now=NOW + 10)
+    assert m.quality.ks == (5,)
+    assert abs(m.step_ms(8, 5) / (2 * cal.prior().step_ms(8, 5)) - 1) < 0.05
+    # Another K is priced with the prior's doubt about the drafter's share.
+    assert m.ratio_se(8, 8, 5) > 0.01
+
+
+def test_bad_evidence_is_skipped_with_a_reason() -> None:
+    def why(s: cal.StepSample, last_change: float | None = None) -> str:
+        p, reason = cal.point_from_sample(s, now=NOW, last_change=last_change,
+                                          window_seconds=600)
+        assert p is None
+        return reason
+
+    assert "NaN" in why(replace(sample(3, 8, 20), itl_sum=math.nan))
+    assert "no inter-token latency" in why(replace(sample(3, 8, 20), itl_count=0, itl_sum=0))
+    # A pod restart reset one histogram but not the other: requests per step make no sense.
+    assert "counter reset" in why(replace(sample(3, 8, 20), steps=1.0))
+    assert "straddles the K change" in why(sample(3, 8, 20), last_change=NOW - 120)
+    assert "too few" in why(sample(3, 8, 20, steps=5))
+
+
+def test_thin_or_inconsistent_evidence_falls_back() -> None:
+    assert cal.fit((), now=NOW).source == "prior"
+    one, _ = cal.point_from_sample(sample(3, 8, 20), now=NOW, last_change=None,
+                                   window_seconds=600)
+    assert one is not None
+    m = cal.fit((one,), now=NOW)
+    assert m.source == "prior" and "needed" in m.reason
+    # Wildly inconsistent step times at the same load: no fit is trusted.
+    pts = tuple(cal.CalPoint(k=3, b=8 + i * 0.01, n=32 + i * 3.0, t_ms=(5 if i % 2 else 400),
+                             w=4.0, t=NOW) for i in range(8))
+    bad = cal.fit(pts, now=NOW)
+    assert bad.source == "prior" and "residual" in bad.reason
+
+
+def test_points_are_bounded_and_old_evidence_fades() -> None:
+    pts: tuple[cal.CalPoint, ...] = ()
+    for i in range(500):
+        pts = cal.add_point(pts, cal.CalPoint(k=i % 13, b=1 + i % 97, n=(1 + i % 97) * 3,
+                                              t_ms=20, w=1, t=NOW + i * 600))
+    assert len(pts) <= cal.MAX_POINTS
+    old = cal.CalPoint(k=3, b=8, n=32, t_ms=20, w=10, t=NOW)
+    later = cal.add_point((old,), cal.CalPoint(k=9, b=8, n=80, t_ms=30, w=1,
+                                               t=NOW + cal.POINT_HALF_LIFE))
+    assert [p.w for p in later if p.k == 3] == [5.0]
+
+
+# ---- the decision: regime and verification ------------------------------------------------
+def window(k: int, b: float, a: float = 0.6, drafts: float = 50_000,
+           t_ms: float | None = None) -> Window:
+    s = iid(a, 16)
+    per_pos = tuple(drafts * v for v in s[:k])
+    steps = drafts / b if k else 50_000 / b
+    t = default_profile().step_ms(b, k) if t_ms is None else t_ms
+    return Window(k=k, seconds=600, drafts=drafts if k else 0.0, draft_tokens=drafts * k,
+                  accepted=sum(per_pos), accepted_per_pos=per_pos,
+                  generation_tokens=drafts * (1 + sum(s[:k])), requests=500,
+                  load=tuple((b, 1.0) for _ in range(5)),
+                  itl_sum=steps * b * t / 1000, itl_count=steps * b, steps=steps)
+
+
+def run(s: Settings, state: State, k: int, loads: list[float], t0: float
+        ) -> tuple[State, int, list[int], float]:
+    """Evaluate every 5 minutes with the H200 table as the exact cost (the regime rule alone)."""
+    ks, t = [], t0
+    for b in loads:
+        d = decide(s, state, window(k, b), now=t, cost=default_profile())
+        state, t = d.state, t + 300
+        if d.changed:
+            k = d.k_to
+            ks.append(k)
+    return state, k, ks, t
+
+
+def settled_at(s: Settings, b: float) -> tuple[State, int, float]:
+    state, k, _, t = run(s, State(last_change=NOW - 10 * 86_400), 3, [b] * 12 * 12, NOW)
+    return state, k, t
+
+
+def test_a_twenty_minute_spike_never_triggers_a_change() -> None:
+    s = Settings(allow_off=True)
+    state, k, t = settled_at(s, 4)
+    # 20 minutes at 250 running requests per replica (where speculation loses), then back.
+    _, _, ks, _ = run(s, state, k, [250] * 4 + [4] * 24, t)
+    assert ks == []
+
+
+def test_a_lasting_shift_does() -> None:
+    s = Settings(allow_off=True)
+    state, k, t = settled_at(s, 4)
+    _, k2, ks, _ = run(s, state, k, [250] * 12 * 6, t)
+    assert ks and k2 != k
+
+
+@settings(max_examples=8, deadline=None)
+@given(spike=st.integers(2, 6), peak=st.floats(64, 256), base=st.floats(1, 8))
+def test_no_spike_shorter_than_half_an_hour_changes_k(spike: int, peak: float,
+                                                      base: float) -> None:
+    s = Settings(allow_off=True)
+    state, k, t = settled_at(s, base)
+    _, _, ks, _ = run(s, state, k, [peak] * spike + [base] * 36, t)
+    assert ks == []
+
+
+def test_a_change_that_made_things_worse_is_rolled_back_and_rejected() -> None:
+    s = Settings(confirmations=1, verify_after_seconds=1800, verify_min_windows=3,
+                 reject_cooldown_seconds=86_400)
+    cost = default_profile()
+    t_change = NOW
+    state = State(last_change=t_change, changes=(t_change,),
+                  verify=Verification(k_from=3, k_to=5, time=t_change, predicted=0.15))
+    # K 5 runs twice as slow per step as the table says: per-request speed is worse.
+    slow = 2 * cost.step_ms(8, 5)
+    t = t_change + 600
+    d = None
+    while t <= t_change + 3600:
+        d = decide(s, state, window(5, 8, a=0.6, t_ms=slow), now=t, cost=cost)
+        state = d.state
+        if d.changed:
+            break
+        assert "verifying" in d.reason
+        t += 300
+    assert d is not None and d.changed and d.rollback and d.k_to == 3
+    assert [r.k for r in state.rejected] == [5]
+    assert state.rejected[0].until == t + 86_400
+    assert "realized" in state.rejected[0].evidence
+    assert state.outcomes[-1].verdict == "rolled back"
+    assert state.outcomes[-1].realized is not None and state.outcomes[-1].realized < -0.2
+    # Never tried again before the expiry, even when the model says it would pay.
+    later = decide(s, replace(state, last_change=None), window(3, 1, a=0.9), now=t + 7200,
+                   cost=cost)
+    assert later.k_to != 5
+    assert 5 not in [c for c in later.predictions if later.changed and c == later.k_to]
+    after = decide(s, replace(state, last_change=None), window(3, 1, a=0.9),
+                   now=t + 86_401, cost=cost)
+    assert not after.state.rejected
+
+
+def test_a_change_that_worked_is_kept_and_its_error_recorded() -> None:
+    s = Settings(confirmations=1)
+    cost = default_profile()
+    state = State(last_change=NOW, changes=(NOW,),
+                  verify=Verification(k_from=3, k_to=5, time=NOW, predicted=0.05))
+    t = NOW + 600
+    while state.verify is not None:
+        d = decide(s, state, window(5, 8, a=0.8), now=t, cost=cost)
+        assert not d.rollback
+        state, t = d.state, t + 300
+    out = state.outcomes[-1]
+    assert out.verdict == "kept" and out.realized is not None and out.realized > 0
+
+
+def test_nan_latency_never_crashes_and_keeps_the_prior_with_a_reason() -> None:
+    w = replace(window(5, 8), itl_sum=math.nan, itl_count=math.nan, steps=math.nan)
+    d = decide(Settings(), State(), w, now=NOW)
+    assert d.cost_source == "prior" and "NaN" in d.state.cost_note
