@@ -376,7 +376,13 @@ def fit(points: Sequence[CalPoint], *, now: float,
 
     sigma = max(MIN_SIGMA, 0.03)
     best: tuple[float, float, list[float], list[list[float]]] | None = None
-    for knee in sorted({*KNEES, base.knee}):
+    # Knee search: the whole grid, or, refining a previous fit, its neighbourhood (the knee
+    # moves little between refits; this keeps a refit cheap).
+    knees = sorted({*KNEES, base.knee})
+    if previous is not None and previous.source == "fitted" and previous.knee in knees:
+        i = knees.index(previous.knee)
+        knees = sorted({*knees[max(0, i - 2):i + 3], base.knee})
+    for knee in knees:
         r = solve(knee, sigma)
         if r is not None and all(math.isfinite(v) for v in r[1]) and \
                 (best is None or r[0] < best[0]):
