@@ -176,9 +176,11 @@ def run_set(name: str, scenarios: list[Scenario], hardware: list[str], seeds: li
                       if tuned.pred_errors else "-")
                 rb = f", {tuned.rollbacks} rb" if tuned.rollbacks else ""
                 tcell = f"{row['tuner']:.3f} ({tuned.changes} ch{rb})"
+                pcell = (f"{row['prior only']:.3f} ({prior_only.changes} ch)"
+                         if with_prior else "-")
                 print(f"{hw:17s}{sc.name:18s}{row['fixed K=5']:>10.3f}"
                       f"{row['best fixed']:>8.3f} (K={kb:2d})"
-                      f"{tcell:>20s}{row['prior only']:>10.3f} ({prior_only.changes} ch)"
+                      f"{tcell:>20s}{pcell:>16s}"
                       f"{pe:>9s}{tuned.cal_error:>8.1%}{tuned.prior_error:>10.1%}", flush=True)
     n = len(scores["tuner"])
     print("-" * 118)
@@ -186,8 +188,9 @@ def run_set(name: str, scenarios: list[Scenario], hardware: list[str], seeds: li
         return sum(v) / len(v)
 
     for label, f in (("mean", mean), ("worst", min)):
-        print(f"{label:35s}" + "".join(f"{f(scores[c]):>{w}.3f}" for c, w in
-                                       zip(COLS, (10, 15, 20, 16), strict=True)))
+        print(f"{label:35s}" + "".join(
+            f"{f(scores[c]):>{w}.3f}" if not math.isnan(f(scores[c])) else f"{'-':>{w}s}"
+            for c, w in zip(COLS, (10, 15, 20, 16), strict=True)))
     print(f"{'max changes/day':35s}{'':25s}{max(scores['changes']):>20d}")
     worst_vs5 = min(scores["vs K=5"])
     pred = scores["pred"]
