@@ -27,6 +27,7 @@ from typing import Any, Literal
 from . import acceptance, calibration, regime
 from .calibration import CalPoint, CostModel, StepSample
 from .goodput import Load, StepCost, goodput
+from .step_cost import default_profile
 from .verification import Outcome, Rejected, Verification, realized_gain, summary
 
 DAY = 86_400.0
@@ -205,10 +206,8 @@ class Decision:
 class _Known:
     """A cost table taken as exact (the bench's clairvoyant-cost baseline, tests)."""
 
-    source = "given"
-
-    def __init__(self, table: StepCost) -> None:
-        self.table = table
+    def __init__(self, table: StepCost, source: str = "given") -> None:
+        self.table, self.source = table, source
 
     def step_ms(self, b: float, k: int, prefill: float = 0.0) -> float:
         return self.table.step_ms(b, k)
@@ -364,8 +363,6 @@ def _long_survival(state: State, k: int, window: Window, extend_to: int
 
 
 def _calibrate(s: Settings, state: State, window: Window, now: float) -> State:
-    if s.cost_model == "Prior":
-        return replace(state, cost=None, cost_note="costModel: Prior (calibration off)")
     point, why = calibration.point_from_sample(
         window.step_sample(), now=now, last_change=state.last_change,
         window_seconds=s.window_seconds)
@@ -460,9 +457,17 @@ def decide(
     model: Any
     if cost is not None:
         model = _Known(cost)
+    elif s.cost_model == "Prior":
+        model = _Known(default_profile(), "prior")
+        state = replace(state, cost=None, cost_note="costModel: Prior (the H200 table as exact)")
     else:
         state = _calibrate(s, state, window, now)
         model = state.cost or calibration.prior()
+        if not state.points and not math.isfinite(window.itl_count):
+            # No latency series at all (an older vLLM, or a scrape without them): nothing
+            # could ever resolve the prior's doubt, so the table is taken as exact, as before
+            # calibration existed.
+            model = _Known(default_profile(), "prior")
     source = getattr(model, "source", "prior")
     kw: dict[str, Any] = {"cost_source": source}
 
