@@ -155,10 +155,12 @@ def test_a_lasting_shift_does() -> None:
     assert ks and k2 != k
 
 
-@settings(max_examples=8, deadline=None)
-@given(spike=st.integers(2, 6), peak=st.floats(64, 256), base=st.floats(1, 8))
-def test_no_spike_shorter_than_half_an_hour_changes_k(spike: int, peak: float,
+@settings(max_examples=30, deadline=None)
+@given(spike=st.integers(1, 4), peak=st.floats(64, 256), base=st.floats(1, 8))
+def test_no_spike_of_twenty_minutes_or_less_changes_k(spike: int, peak: float,
                                                       base: float) -> None:
+    # Spikes of 30 minutes and more into a near-idle replica can: the tokens they carry
+    # dominate the goodput expectation (see docs/autotuner.md, limits).
     s = Settings(allow_off=True)
     state, k, t = settled_at(s, base)
     _, _, ks, _ = run(s, state, k, [peak] * spike + [base] * 36, t)

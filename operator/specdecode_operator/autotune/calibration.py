@@ -45,7 +45,7 @@ KNEES = (16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 
 # Prior standard deviation of each parameter, relative to its (scaled) prior value: how far
 # another GPU/model may plausibly be from the H200 shape. The drafter's share is wide because
 # drafters differ (one MTP layer vs a separate small model vs MoE targets with dense drafters).
-PRIOR_REL_SD = (0.2, 1.0, 1.0, 1.0, 0.6, 0.6, 0.25)
+PRIOR_REL_SD = (0.5, 1.0, 1.0, 1.0, 0.6, 0.6, 0.25)
 # ... plus this much of the step floor (per unit of the feature), so that a parameter the
 # prior puts at ~0 can still move.
 PRIOR_ABS_SD = (0.01, 0.002, 0.002, 0.002, 0.01, 0.0005, 0.05)
