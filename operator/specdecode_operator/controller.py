@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,6 @@ from .render import LABEL_SDD, defaulted_spec, render
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
-DISCOVERY_TTL = float(os.environ.get("SPECDECODE_DISCOVERY_TTL", "60"))
 
 
 def _now() -> str:
@@ -35,6 +33,7 @@ def _now() -> str:
 @dataclass
 class Controller:
     kube: Kube
+    discovery_ttl: float = 60.0  # seconds the PodMonitor CRD's presence (or absence) holds
     # At most one reconcile per object runs (the tuner writes only its own status fields,
     # so it needs no lock with the reconciler).
     _running: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
@@ -79,9 +78,9 @@ class Controller:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - t0)
 
     async def _pod_monitor_available(self) -> bool:
-        # The CRD rarely appears or goes: look again at most every DISCOVERY_TTL seconds.
+        # The CRD rarely appears or goes: look again at most every discovery_ttl seconds.
         checked, available = self._pod_monitor
-        if time.monotonic() - checked > DISCOVERY_TTL:
+        if time.monotonic() - checked > self.discovery_ttl:
             available = await self.kube.pod_monitor_available()
             self._pod_monitor = (time.monotonic(), available)
         return available

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 from lightkube import ApiError
 
 from .. import api, crd, draft_tokens, metrics
+from ..config import OperatorConfig
 from ..kube import Kube
 from ..render import defaulted_spec
 from .observe import Key, Labels, PrometheusClient, PrometheusError, windows
@@ -42,21 +42,18 @@ class CycleReport:
 class Tuner:
     kube: Kube
     prometheus: PrometheusClient | None
-    labels: Labels = field(default_factory=Labels.from_env)
+    labels: Labels = field(default_factory=Labels)
     namespaces: list[str | None] = field(default_factory=lambda: [None])
     tick_seconds: float = 10.0
     parallelism: int = 8  # SDDs evaluated at once (each is a read and maybe a status write)
     _last_eval: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, kube: Kube) -> Tuner:
-        url = os.environ.get("SPECDECODE_PROMETHEUS_URL", "")
-        prom = PrometheusClient(url, timeout=float(
-            os.environ.get("SPECDECODE_PROMETHEUS_TIMEOUT", "5"))) if url else None
-        scope: list[str | None] = [
-            n for n in os.environ.get("SPECDECODE_NAMESPACES", "").split(",") if n] or [None]
-        return cls(kube, prom, namespaces=scope,
-                   tick_seconds=float(os.environ.get("SPECDECODE_AUTOTUNE_TICK", "10")))
+    def from_config(cls, kube: Kube, config: OperatorConfig) -> Tuner:
+        prom = PrometheusClient(config.prometheus_url, timeout=config.prometheus_timeout) \
+            if config.prometheus_url else None
+        return cls(kube, prom, labels=config.labels, namespaces=config.scope,
+                   tick_seconds=config.autotune_tick)
 
     async def run_forever(self) -> None:
         while True:
@@ -104,7 +101,8 @@ class Tuner:
             found: dict[Key, Window] = {}
             unavailable = None
             if self.prometheus is None:
-                unavailable = "no Prometheus configured (SPECDECODE_PROMETHEUS_URL)"
+                unavailable = ("no Prometheus configured (--prometheus-url, "
+                               "SPECDECODE_PROMETHEUS_URL)")
             else:
                 before = self.prometheus.queries_made
                 try:
