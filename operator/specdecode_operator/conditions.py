@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .render import LABEL_SDD
+from .api import LABEL_SDD
 
 
 @dataclass(frozen=True)

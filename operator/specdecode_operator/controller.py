@@ -19,7 +19,7 @@ from lightkube import ApiError
 from . import api, conditions, draft_tokens, metrics
 from .kube import Kube
 from .reconcile import needs_apply
-from .render import LABEL_SDD, defaulted_spec, render
+from .render import render
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,13 @@ class Controller:
             if migrated is None:
                 return  # the object changed meanwhile: its watch event reconciles it again
             sdd = migrated
-        spec = defaulted_spec(sdd["spec"])
-        bounds = draft_tokens.bounds(spec)
+        view = api.SpecView.of(sdd)  # the spec, read and defaulted once
+        spec, bounds = view.spec, view.bounds
         cur = draft_tokens.current_k(spec, sdd.get("status"))
         old_k = ((sdd.get("status") or {}).get("draftTokens") or {}).get("current")
 
-        manifests = render(sdd, cur.k, pod_monitor_available=await self._pod_monitor_available())
+        manifests = render(sdd, cur.k, spec=spec,
+                           pod_monitor_available=await self._pod_monitor_available())
         apply_error = None
         deployment = None
         for m in manifests:
@@ -122,15 +123,15 @@ class Controller:
             if m["kind"] == "Deployment":
                 deployment = live
 
-        pods = await self.kube.list_pods(ns, {LABEL_SDD: name})
-        gpu_resource = (spec.get("gpu") or {}).get("resourceName", "nvidia.com/gpu")
+        pods = await self.kube.list_pods(ns, {api.LABEL_SDD: name})
+        gpu_resource = view.gpu_resource
         nodes_offering = None
         if conditions._unschedulable(pods):
             nodes_offering = await self.kube.nodes_offering(gpu_resource)
         obs = conditions.Observed(deployment=deployment, pods=pods, gpu_resource=gpu_resource,
                                   nodes_offering_gpu=nodes_offering, apply_error=apply_error)
         new_status = conditions.status(
-            sdd, desired_replicas=spec["replicas"], k=cur.k,
+            sdd, desired_replicas=view.replicas, k=cur.k,
             initial_k=bounds.initial if bounds else None, obs=obs, now=_now(),
         )
         if cur.k is not None:

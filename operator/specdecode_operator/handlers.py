@@ -15,15 +15,15 @@ from typing import Any
 import kopf
 
 from . import crd
+from .api import LABEL_MANAGED_BY, LABEL_SDD, MANAGER
 from .autotune.loop import Tuner
 from .config import OperatorConfig
 from .controller import Controller
 from .kube import Kube
-from .render import LABEL_SDD, MANAGER
 
 log = logging.getLogger(__name__)
 
-CHILD_FILTER = {"app.kubernetes.io/managed-by": MANAGER, LABEL_SDD: kopf.PRESENT}
+CHILD_FILTER = {LABEL_MANAGED_BY: MANAGER, LABEL_SDD: kopf.PRESENT}
 
 
 def _controller(memo: kopf.Memo) -> Controller:

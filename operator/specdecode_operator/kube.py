@@ -18,7 +18,7 @@ from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 
 from . import crd
-from .render import MANAGER
+from .api import MANAGER
 
 log = logging.getLogger(__name__)
 

@@ -104,3 +104,44 @@ def test_a_change_of_k_is_the_tuners_target_and_only_its_fields_are_applied() ->
     again = evaluate(Settings(cooldown_seconds=3600), after, ev.decision.k_to,
                      _window(ev.decision.k_to, 0.95), now=1e9 + 60, initial_k=3)
     assert again.status["autotune"]["target"] == st["autotune"]["target"]
+
+
+# ---- the typed spec view ---------------------------------------------------------------------
+def _sdd(spec: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"metadata": {"name": "m", "namespace": "ns", "annotations": annotations or {}},
+            "spec": spec}
+
+
+def test_spec_view_applies_the_schema_defaults_once_and_never_touches_the_spec() -> None:
+    spec: dict[str, Any] = {"model": {"name": "x"}, "drafter": {"method": "mtp"}}
+    view = api.SpecView.of(_sdd(spec))
+    assert spec == {"model": {"name": "x"}, "drafter": {"method": "mtp"}}
+    assert view.spec == api.defaulted_spec(spec)
+    # No draftTokens object: its min and max still come from the CRD schema.
+    dt_schema = api._schema("draftTokens")["properties"]
+    assert view.bounds == api.DraftBounds(initial=5, min=dt_schema["min"]["default"],
+                                          max=dt_schema["max"]["default"])
+    assert view.gpu_resource == "nvidia.com/gpu" == api.DEFAULT_GPU_RESOURCE
+    assert (view.autotune.mode, view.autotune.allow_off, view.autotune.paused) == \
+        ("Auto", False, False)
+    assert view.replicas == 1 and view.speculative
+
+    code = api.SpecView.of(_sdd({**spec, "workload": "code",
+                                 "draftTokens": {"min": 4, "max": 9},
+                                 "gpu": {"resourceName": "amd.com/gpu"},
+                                 "autotune": {"mode": "Recommend", "windowSeconds": 120}},
+                                {api.PAUSE_ANNOTATION: "true"}))
+    assert code.bounds == api.DraftBounds(initial=4, min=4, max=9)   # preset 3, clamped
+    assert code.gpu_resource == "amd.com/gpu"
+    assert code.autotune.mode == "Recommend" and code.autotune.window_seconds == 120
+    assert code.autotune.paused
+    off = api.SpecView.of(_sdd({**spec, "drafter": {"method": "none"}}))
+    assert off.bounds is None and not off.speculative
+
+
+def test_target_round_trips_through_status() -> None:
+    t = api.Target(k=6, initial=3, time="2026-12-01T00:00:00Z")
+    assert api.Target.from_status({"autotune": {"target": t.to_dict()}}) == t
+    assert api.Target.from_status({"autotune": {"target": {"k": 0}}}) == api.Target(0, None)
+    assert api.Target.from_status({"autotune": {}}) is None
+    assert api.Target.from_status(None) is None

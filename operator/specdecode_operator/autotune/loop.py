@@ -19,10 +19,9 @@ from typing import Any
 
 from lightkube import ApiError
 
-from .. import api, crd, draft_tokens, metrics
+from .. import api, draft_tokens, metrics
 from ..config import OperatorConfig
 from ..kube import Kube
-from ..render import defaulted_spec
 from .observe import Key, Labels, PrometheusClient, PrometheusError, windows
 from .policy import Settings, Window
 from .tuning_status import evaluate
@@ -65,25 +64,20 @@ class Tuner:
                 log.exception("tuning cycle failed")
             await asyncio.sleep(self.tick_seconds)
 
-    def _due(self, sdd: dict[str, Any], now: float) -> tuple[dict[str, Any], Settings] | None:
-        spec = defaulted_spec(sdd["spec"])
-        if not draft_tokens.speculative(spec):
-            return None
-        if (sdd["metadata"].get("annotations") or {}).get(crd.PAUSE_ANNOTATION) == "true":
-            return None
-        settings = Settings.from_spec(spec)
-        if settings.mode == "Off":
+    def _due(self, sdd: dict[str, Any], now: float) -> tuple[api.SpecView, Settings] | None:
+        view = api.SpecView.of(sdd)  # the spec, read and defaulted once per evaluation
+        if not view.speculative or view.autotune.paused or view.autotune.mode == "Off":
             return None
         key = (sdd["metadata"]["namespace"], sdd["metadata"]["name"])
-        if now - self._last_eval.get(key, 0.0) < spec["autotune"]["intervalSeconds"]:
+        if now - self._last_eval.get(key, 0.0) < view.autotune.interval_seconds:
             return None
-        return spec, settings
+        return view, Settings.from_spec(view.spec)
 
     async def cycle(self, now: float | None = None) -> CycleReport:
         t0 = time.monotonic()
         now = time.time() if now is None else now
         report = CycleReport()
-        due: list[tuple[dict[str, Any], dict[str, Any], Settings]] = []
+        due: list[tuple[dict[str, Any], api.SpecView, Settings]] = []
         for ns in self.namespaces:
             for sdd in await self.kube.list_sdds(ns):
                 d = self._due(sdd, now)
@@ -93,10 +87,10 @@ class Tuner:
             return report
 
         # One set of queries per distinct window length (one set with the defaults).
-        by_window: dict[int, list[tuple[dict[str, Any], dict[str, Any], Settings]]] = \
+        by_window: dict[int, list[tuple[dict[str, Any], api.SpecView, Settings]]] = \
             defaultdict(list)
         for item in due:
-            by_window[int(item[1]["autotune"]["windowSeconds"])].append(item)
+            by_window[item[1].autotune.window_seconds].append(item)
         for window_s, items in by_window.items():
             found: dict[Key, Window] = {}
             unavailable = None
@@ -116,12 +110,12 @@ class Tuner:
                 metrics.PROMETHEUS_QUERIES.inc(made)
             sem = asyncio.Semaphore(self.parallelism)
 
-            async def one(sdd: dict[str, Any], spec: dict[str, Any], settings: Settings,
+            async def one(sdd: dict[str, Any], view: api.SpecView, settings: Settings,
                           found: dict[Key, Window] = found,
                           unavailable: str | None = unavailable,
                           sem: asyncio.Semaphore = sem) -> bool | None:
                 async with sem:
-                    return await self._evaluate_one(sdd, spec, settings, found,
+                    return await self._evaluate_one(sdd, view, settings, found,
                                                     unavailable, now)
 
             outcomes = await asyncio.gather(*(one(*item) for item in items))
@@ -132,13 +126,13 @@ class Tuner:
         return report
 
     async def _evaluate_one(
-        self, sdd: dict[str, Any], spec: dict[str, Any], settings: Settings,
+        self, sdd: dict[str, Any], view: api.SpecView, settings: Settings,
         found: dict[Key, Window], unavailable: str | None, now: float,
     ) -> bool | None:
-        """Evaluate one listed SDD (``spec`` defaulted): True if its status was written,
-        None if it was not evaluated."""
+        """Evaluate one listed SDD: True if its status was written, None if it was not
+        evaluated."""
         ns, name = sdd["metadata"]["namespace"], sdd["metadata"]["name"]
-        bounds = draft_tokens.bounds(spec)
+        spec, bounds = view.spec, view.bounds
         live = sdd.get("status") or {}
         running = (live.get("draftTokens") or {}).get("current")
         if bounds is None or running is None:
