@@ -17,7 +17,7 @@ from specdecode_runtime.vllm_sim.acceptance import (
     parse_schedule,
 )
 
-# Published anchors (speculation-math.md): acceptance rate = accepted / drafted at n drafts.
+# Published anchors (docs/vllm-sim.md): acceptance rate = accepted / drafted at n drafts.
 RATE_ANCHORS = [
     ("code", 2, 0.945), ("code", 5, 0.804),  # Qwen3.6-27B MTP, code
     ("creative", 2, 0.494), ("creative", 5, 0.251),  # Qwen3.6-27B MTP, creative

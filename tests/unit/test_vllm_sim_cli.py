@@ -31,7 +31,7 @@ def test_serve_form_and_defaults() -> None:
 
 
 def test_api_server_form_from_the_fixture_commands() -> None:
-    # fixtures/vllm/commands.md, exact-k3 (python -m vllm.entrypoints.openai.api_server ...).
+    # the exact-k3 capture's command line (reference/README.md)
     argv = ["--model", "/models/target", "--served-model-name", "tiny", "--host", "127.0.0.1",
             "--port", "8022", "--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager",
             "--kv-cache-memory-bytes", "67108864", "--speculative-config",

