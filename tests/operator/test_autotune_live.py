@@ -102,6 +102,9 @@ def test_auto_changes_k_once_after_the_evidence_gate_then_holds_in_cooldown(
                  == new_k)
         last = sdd["status"]["autotune"]["lastDecision"]
         assert (last["from"], last["to"], last["policy"]) == (3, new_k, "goodput")
+        # The tuner asked for it through its target; the reconciler rendered it.
+        assert sdd["status"]["autotune"]["target"]["k"] == new_k
+        assert sdd["status"]["autotune"]["target"]["initial"] == 3
         assert "predicted goodput" in last["reason"]
 
         # The workload shifts (creative prose): the tuner wants K down, the cooldown holds it.
