@@ -108,6 +108,15 @@ class World:
                 out.append(rec)
         return out
 
+    def retire(self, name: str, path: str, namespace: str) -> None:
+        """Delete Kustomization ``name`` (prune: true: Flux deletes what it applied, the
+        namespace included) and drop its directory from Git."""
+        self.plane.kubectl("delete", "kustomization", name, "-n", FLUX_NS, "--timeout=120s")
+        wait_for(f"namespace {namespace} gone", lambda: get_or_none(
+            self.plane, "namespace", namespace) is None, timeout=120)
+        self.git.remove(path)
+        self.git.commit(f"remove {path}")
+
     def sdd(self, namespace: str, name: str) -> dict[str, Any] | None:
         return get_or_none(self.plane, "sdd", name, "-n", namespace)
 

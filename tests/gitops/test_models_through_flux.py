@@ -133,9 +133,7 @@ def test_flux_and_the_autotuner_never_fight_over_an_sdd(world: World, flux_opera
     world.note(f"while K changed: {len(applies)} Flux applies, all 'unchanged'; "
                f"{sum(r['healthy'] != 'True' for r in rows)}/{len(rows)} samples with "
                f"Healthy!=True {unhealthy[:2]}", ksn, ns)
-    git.remove("models/tuned")
-    sha = git.commit("remove model tuned")
-    world.wait_applied(ksn, sha)
+    world.retire(ksn, "models/tuned", ns)
 
 
 def test_a_spec_commit_reaches_the_deployment_and_a_removal_prunes(
@@ -176,6 +174,7 @@ def test_a_spec_commit_reaches_the_deployment_and_a_removal_prunes(
     world.note("remove b.yaml", ksn, ns)
     pods = get_json(plane, "pods", "-n", ns, "-l", "specdecode.io/deployment=b")["items"]
     assert all(p["metadata"].get("deletionTimestamp") for p in pods)
+    world.retire(ksn, "models/spec", ns)
 
 
 def test_flux_health_follows_the_sdd_conditions(world: World, flux_operator: Any) -> None:
@@ -240,9 +239,7 @@ def test_flux_health_follows_the_sdd_conditions(world: World, flux_operator: Any
     sha = git.commit("remove model big")
     world.wait_applied(ksn, sha, timeout=120)
     world.note("remove big.yaml", ksn, ns)
-    git.remove("models/health")
-    sha = git.commit("remove models/health")
-    world.wait_applied(ksn, sha)
+    world.retire(ksn, "models/health", ns)
 
 
 # The expressions docs/gitops.md recommends (Flux evaluates inProgress, failed, current in
@@ -301,6 +298,4 @@ def test_an_invalid_commit_is_refused_with_the_cel_message_and_a_fix_recovers(
     assert ready(world.sdd(ns, "bad"))
     assert op.reconciles() > before
     world.note("fix commit: draftTokens {min: 2, max: 8}", ksn, ns)
-    git.remove("models/invalid")
-    sha = git.commit("remove models/invalid")
-    world.wait_applied(ksn, sha)
+    world.retire(ksn, "models/invalid", ns)
