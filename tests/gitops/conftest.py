@@ -96,6 +96,27 @@ class World:
 
         return wait_for(f"Kustomization {name}: {what}", check, timeout=timeout)
 
+    def ks_events(self, name: str, since: float = 0.0) -> list[str]:
+        """Messages of the Kubernetes Events kustomize-controller recorded for Kustomization
+        ``name`` at or after unix time ``since`` (what ``kubectl describe`` shows). A failed
+        health check lasts only until the retry starts in the status; its event stays."""
+        items = get_json(self.plane, "events", "-n", FLUX_NS, "--field-selector",
+                         f"involvedObject.kind=Kustomization,involvedObject.name={name}")["items"]
+        out = []
+        for ev in items:
+            ts = ev.get("lastTimestamp") or ev.get("eventTime") or ""
+            if ts and _ts({"ts": ts}) >= since - 1:  # event times have second resolution
+                out.append(str(ev.get("message", "")))
+        return out
+
+    def wait_ks_event(self, name: str, text: str, since: float, timeout: float = 120) -> str:
+        def check() -> str | None:
+            self.flux.check_alive()
+            return next((m for m in self.ks_events(name, since) if text in m), None)
+
+        return str(wait_for(f"Kustomization {name}: an event with {text!r}", check,
+                            timeout=timeout))
+
     def apply_log(self, name: str, since: float = 0.0) -> list[dict[str, Any]]:
         """kustomize-controller's 'server-side apply completed' records for Kustomization
         ``name`` (each is one reconcile's change set: object -> created/configured/
@@ -124,12 +145,14 @@ class World:
         """What a user sees: ``kubectl get sdd`` (the CRD's printer columns)."""
         return self.plane.kubectl("get", "sdd", "-n", namespace, check=False).stdout.strip()
 
-    def note(self, action: str, ks_name: str, namespace: str) -> None:
+    def note(self, action: str, ks_name: str, namespace: str, event: str = "") -> None:
         """One row of the table of GitOps actions (printed at the end of the run and quoted
         in docs/gitops.md): what Flux's Kustomization and ``kubectl get sdd`` show now."""
         ks = self.ks(ks_name)
         r = condition(ks, "Ready")
         flux = f"Ready={r.get('status')} {r.get('reason')}: {r.get('message', '')}"
+        if event:
+            flux += f"\n    event: {event}"
         JOURNAL.append((action, flux, self.kubectl_get_sdd(namespace)))
 
 

@@ -199,15 +199,14 @@ def test_flux_health_follows_the_sdd_conditions(world: World, flux_operator: Any
     # A rollout that outlasts the 20 s health check: the stand-in takes 45 s to be ready.
     git.write("models/health/h.yaml", dump(sdd("h", ns, startup_delay=45,
                                                draftTokens={"min": 4, "max": 8})))
+    since = time.time()
     sha = git.commit("h: bounds [4, 8] (rollout; the new pod needs 45 s)")
     world.wait_source(sha)
     world.flux.reconcile_now("kustomization", ksn)
-    target = f"SpecDecodeDeployment/{ns}/h status: 'InProgress'"
-    ks = world.wait_ks(ksn, "health check timed out on the rollout", ks_failed_with(target),
-                       timeout=120)
-    assert "timeout waiting for" in ks_ready(ks)["message"]
+    msg = world.wait_ks_event(ksn, f"SpecDecodeDeployment/{ns}/h status: 'InProgress'", since)
+    assert "timeout waiting for" in msg
     world.note("commit bounds [4, 8] with a 45 s start: rollout outlasts timeout 20s",
-               ksn, ns)
+               ksn, ns, event=msg)
     world.wait_applied(ksn, sha, timeout=180)   # the rollout finished: Current again
     assert ready(world.sdd(ns, "h"))
     world.note("rollout finished", ksn, ns)
@@ -218,22 +217,22 @@ def test_flux_health_follows_the_sdd_conditions(world: World, flux_operator: Any
     world.flux.reconcile_now("kustomization", ksn)
     wait_for("SDD big Degraded (Unschedulable)", lambda: condition(
         world.sdd(ns, "big") or {}, "Degraded").get("reason") == "Unschedulable", timeout=90)
-    target = f"SpecDecodeDeployment/{ns}/big status: 'InProgress'"
-    world.wait_ks(ksn, "health check timed out on the Degraded SDD", ks_failed_with(target),
-                  timeout=120)
+    since = time.time()
+    msg = world.wait_ks_event(ksn, f"SpecDecodeDeployment/{ns}/big status: 'InProgress'",
+                              since)
+    assert "timeout waiting for" in msg
     world.note("commit SDD big with gpu.count 16 (Degraded: Unschedulable), plain kstatus",
-               ksn, ns)
+               ksn, ns, event=msg)
 
     # The Flux-side fix available today: CEL health expressions for the kind.
     world.apply(kustomization(
         ksn, SOURCE, "./models/health", interval="10s", timeout="20s",
         healthCheckExprs=[HEALTH_EXPRS]))
+    since = time.time()
     world.flux.reconcile_now("kustomization", ksn)
-    target = f"SpecDecodeDeployment/{ns}/big status: 'Failed'"
-    ks = world.wait_ks(ksn, "health check failed on the Degraded SDD", ks_failed_with(target),
-                       timeout=120)
-    assert "failed early due to stalled resources" in ks_ready(ks)["message"]
-    world.note("same, with healthCheckExprs (failed: Degraded=True)", ksn, ns)
+    msg = world.wait_ks_event(ksn, f"SpecDecodeDeployment/{ns}/big status: 'Failed'", since)
+    assert "failed early due to stalled resources" in msg
+    world.note("same, with healthCheckExprs (failed: Degraded=True)", ksn, ns, event=msg)
 
     git.remove("models/health/big.yaml")
     sha = git.commit("remove model big")
