@@ -66,7 +66,7 @@ def test_health_version_models(sim: ThreadedSim) -> None:
     for path in ("/health", "/ping"):
         assert httpx.get(sim.url + path).status_code == 200
     r = httpx.get(sim.url + "/version")
-    assert (r.status_code, r.text) == (200, '{"version":"0.32.0"}')  # fixtures/vllm/version.txt
+    assert (r.status_code, r.text) == (200, '{"version":"0.32.0"}')  # real vLLM 0.32's /version
     models = httpx.get(sim.url + "/v1/models").json()
     real = json.loads((REFERENCE / "v1-models.txt").read_text().splitlines()[0])
     assert models.keys() == real.keys()
@@ -79,7 +79,7 @@ def test_health_version_models(sim: ThreadedSim) -> None:
 
 
 def test_completion_shape_like_the_fixture_requests(sim: ThreadedSim) -> None:
-    # fixtures/vllm/commands.md request body; requests.jsonl: usage and finish_reason.
+    # the captures' request body (reference/README.md): usage and finish_reason.
     body = complete(sim, "the cat is", 64)
     assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
     choice = body["choices"][0]
