@@ -7,7 +7,7 @@
 # files carry replace directives, so `go install pkg@version` refuses them). Binaries land in
 # a cache outside the repo keyed by the wrappers' go.mod/go.sum, a recipe number and the Go
 # version, so a second run takes seconds. Prints the directory on stdout:
-#   <dir>/source-controller  <dir>/kustomize-controller  <dir>/crds/*.yaml
+#   <dir>/source-controller  <dir>/kustomize-controller  <dir>/crds/*.yaml  <dir>/glua
 #
 #   hack/build-flux.sh                # build or reuse; prints the dir
 #   SPECDECODE_CACHE=/path ...        # cache root (default ~/.cache/specdecode-operator)
@@ -20,6 +20,9 @@ export GOFLAGS="${GOFLAGS:--buildvcs=false -mod=mod}"
 
 CONTROLLERS=(source-controller kustomize-controller)
 RECIPE=1
+# gopher-lua's interpreter, the Lua Argo CD embeds: the GitOps tier runs the Argo CD health
+# check of docs/gitops.md with it. Installed into the same directory, keyed by its version.
+GLUA_VERSION=v1.1.1
 
 command -v go >/dev/null || { echo "build-flux: go is not installed (need Go >= 1.26)" >&2; exit 1; }
 
@@ -32,7 +35,14 @@ complete() {
   for c in "${CONTROLLERS[@]}"; do [ -x "$out/$c" ] || return 1; done
   [ -f "$out/crds/.complete" ]
 }
-if complete; then echo "$out"; exit 0; fi
+ensure_glua() {  # $1: target dir
+  [ "$(cat "$1/glua.version" 2>/dev/null)" = "$GLUA_VERSION" ] && [ -x "$1/glua" ] && return 0
+  GOBIN="$1" GOFLAGS=-buildvcs=false go install -trimpath -ldflags "-s -w" \
+    "github.com/yuin/gopher-lua/cmd/glua@$GLUA_VERSION"
+  echo "$GLUA_VERSION" > "$1/glua.version"
+}
+
+if complete; then ensure_glua "$out"; echo "$out"; exit 0; fi
 
 log() { printf '[build-flux %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 tmp="$out.tmp.$$"
@@ -49,6 +59,8 @@ for c in "${CONTROLLERS[@]}"; do
 done
 chmod -R u+w "$tmp/crds"
 touch "$tmp/crds/.complete"
+log "building glua (gopher-lua $GLUA_VERSION)"
+ensure_glua "$tmp"
 
 rm -rf "$out"; mv "$tmp" "$out"
 trap - EXIT

@@ -40,6 +40,11 @@ class FluxBinaries:
         return self.directory / name
 
     @property
+    def glua(self) -> Path:
+        """gopher-lua's interpreter (Argo CD's Lua), for the Argo CD health-check test."""
+        return self.directory / "glua"
+
+    @property
     def crds(self) -> list[Path]:
         return sorted((self.directory / "crds").glob("*.yaml"))
 
@@ -58,7 +63,7 @@ def locate_flux(build: bool = True) -> FluxBinaries:
     else:
         raise PlaneError("Flux controllers not found: set SPECDECODE_FLUX_DIR to the directory "
                          "printed by hack/build-flux.sh")
-    missing = [c for c in CONTROLLERS if not os.access(directory / c, os.X_OK)]
+    missing = [c for c in (*CONTROLLERS, "glua") if not os.access(directory / c, os.X_OK)]
     bins = FluxBinaries(directory)
     if missing or not bins.crds:
         raise PlaneError(f"{directory} lacks {', '.join(missing) or 'crds/*.yaml'} "

@@ -16,6 +16,7 @@ from specdecode_runtime.demo import LoadThread
 from specdecode_runtime.loadgen import LoadGenerator
 
 from ..kube_helpers import condition, get_json, get_or_none, wait_for
+from .argocd import argocd_health
 from .conftest import SOURCE, World, kustomization
 from .models import deployment_k, dump, k_of, namespace_doc, ready, sdd
 
@@ -199,6 +200,9 @@ def test_flux_health_follows_the_sdd_conditions(world: World, flux_operator: Any
     # SDD without any status yet (the operator's first write is ~1 s away) as Current.
     world.note("commit SDD h (wait: true)", ksn, ns)
     wait_for("SDD h Ready", lambda: ready(world.sdd(ns, "h")), timeout=120)
+    glua = world.flux.binaries.glua if world.flux.binaries else None
+    assert glua
+    assert argocd_health(glua, world.sdd(ns, "h") or {})[0] == "Healthy"
 
     # A rollout that outlasts the 20 s health check: the stand-in takes 45 s to be ready.
     git.write("models/health/h.yaml", dump(sdd("h", ns, startup_delay=45,
@@ -211,6 +215,9 @@ def test_flux_health_follows_the_sdd_conditions(world: World, flux_operator: Any
     assert "timeout waiting for" in msg
     world.note("commit bounds [4, 8] with a 45 s start: rollout outlasts timeout 20s",
                ksn, ns, event=msg)
+    rolling = world.sdd(ns, "h") or {}
+    assert condition(rolling, "Progressing").get("status") == "True"  # still rolling out
+    assert argocd_health(glua, rolling)[0] == "Progressing"
     world.wait_applied(ksn, sha, timeout=180)   # the rollout finished: Current again
     assert ready(world.sdd(ns, "h"))
     world.note("rollout finished", ksn, ns)
@@ -227,6 +234,8 @@ def test_flux_health_follows_the_sdd_conditions(world: World, flux_operator: Any
     assert "timeout waiting for" in msg
     world.note("commit SDD big with gpu.count 16 (Degraded: Unschedulable), plain kstatus",
                ksn, ns, event=msg)
+    status, message = argocd_health(glua, world.sdd(ns, "big") or {})
+    assert status == "Degraded" and message.startswith("Unschedulable: ")
 
     # The Flux-side fix available today: CEL health expressions for the kind.
     world.apply(kustomization(
