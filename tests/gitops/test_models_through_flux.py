@@ -141,6 +141,51 @@ def test_flux_and_the_autotuner_never_fight_over_an_sdd(world: World, flux_opera
     world.retire(ksn, "models/tuned", ns)
 
 
+def test_pausing_the_autotuner_through_git(world: World, flux_operator: Any) -> None:
+    """Proves: committing the annotation specdecode.io/autotune-paused: "true" reaches the SDD
+    through Flux (owned by kustomize-controller, no new generation) and stops the tuner's
+    evaluations while the operator keeps reconciling; removing it from Git resumes them."""
+    ns, name, ksn = "gitops-pause", "paused", "models-pause"
+    git = world.git
+    op = world.operator
+    assert op is not None
+    decisions = "specdecode_operator_autotune_decisions_total"
+
+    def commit(annotations: dict[str, str] | None, message: str) -> None:
+        doc = sdd(name, ns, tuned=True)
+        if annotations:
+            doc["metadata"]["annotations"] = annotations
+        git.write("models/pause/sdd.yaml", dump(namespace_doc(ns), doc))
+        world.wait_applied(ksn, git.commit(message), timeout=180)
+
+    world.apply(kustomization(ksn, SOURCE, "./models/pause", interval="10s"))
+    commit(None, "add model paused (autotune Auto)")
+    d0 = op.metric(decisions)
+    wait_for("the tuner evaluates the SDD", lambda: op.metric(decisions) >= d0 + 2, timeout=60)
+    gen = (world.sdd(ns, name) or {})["metadata"]["generation"]
+
+    commit({"specdecode.io/autotune-paused": "true"}, "pause tuning of model paused")
+    obj = get_json(world.plane, "sdd", name, "-n", ns, "--show-managed-fields")
+    assert obj["metadata"]["annotations"]["specdecode.io/autotune-paused"] == "true"
+    assert obj["metadata"]["generation"] == gen
+    flux_fields = next(m["fieldsV1"] for m in obj["metadata"]["managedFields"]
+                       if m["manager"] == FLUX_MANAGER and not m.get("subresource"))
+    assert "f:specdecode.io/autotune-paused" in flux_fields["f:metadata"]["f:annotations"]
+    # A cycle that read the SDD just before the annotation may still finish: start counting
+    # after the operator's next reconcile, then require two more reconciles without any.
+    op.wait_reconciles(op.reconciles() + 1, timeout=60)
+    paused_at = op.metric(decisions)
+    op.wait_reconciles(op.reconciles() + 2, timeout=90)
+    assert op.metric(decisions) == paused_at, "the tuner kept evaluating a paused SDD"
+    world.note("commit annotation specdecode.io/autotune-paused: \"true\"", ksn, ns)
+
+    commit(None, "resume tuning of model paused")
+    wait_for("the tuner evaluates the SDD again", lambda: op.metric(decisions) > paused_at,
+             timeout=60)
+    world.note("remove the annotation from Git", ksn, ns)
+    world.retire(ksn, "models/pause", ns)
+
+
 def test_a_spec_commit_reaches_the_deployment_and_a_removal_prunes(
         world: World, flux_operator: Any) -> None:
     """Proves: a commit narrowing the draft-token bounds reaches the Deployment's vLLM
