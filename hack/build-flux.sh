@@ -16,7 +16,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export GOTOOLCHAIN=local   # a newer Go requirement must fail loudly, not download a toolchain
 # -mod=mod: the wrappers' go.sum may lack checksums for packages only the build reaches.
-export GOFLAGS="${GOFLAGS:--buildvcs=false -mod=mod}"
+export GOFLAGS="-buildvcs=false -mod=mod${GOFLAGS:+ $GOFLAGS}"
 
 CONTROLLERS=(source-controller kustomize-controller)
 RECIPE=1
