@@ -11,54 +11,38 @@ Kopf settings that matter in production:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
+from collections.abc import Mapping
 
 import kopf
 from prometheus_client import start_http_server
 
 from . import handlers  # noqa: F401  (registers the handlers)
+from .config import parse
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="specdecode-operator",
-                                 description="Run the specdecode-operator (Kopf).")
-    ap.add_argument("-n", "--namespace", action="append", default=[],
-                    help="watch only this namespace (repeatable); default: all namespaces")
-    ap.add_argument("--liveness", default=os.environ.get(
-        "SPECDECODE_LIVENESS", "http://0.0.0.0:8080/healthz"),
-        help="liveness endpoint URL, or '' to disable (default %(default)s)")
-    ap.add_argument("--metrics-port", type=int,
-                    default=int(os.environ.get("SPECDECODE_METRICS_PORT", "8081")),
-                    help="port of the operator's /metrics, 0 to disable (default %(default)s)")
-    ap.add_argument("--metrics-host", default=os.environ.get("SPECDECODE_METRICS_HOST",
-                                                             "0.0.0.0"))
-    ap.add_argument("--peering", default=os.environ.get("SPECDECODE_PEERING", ""),
-                    help="Kopf peering name for active/standby replicas; default standalone")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
-
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    config = parse(argv, os.environ if environ is None else environ)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if config.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # One line per API request drowns the operator's own messages.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if not args.verbose:  # Kopf logs every handled watch event at INFO
+    if not config.verbose:  # Kopf logs every handled watch event at INFO
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    if args.namespace:
-        os.environ["SPECDECODE_NAMESPACES"] = ",".join(args.namespace)
-    if args.metrics_port:
-        start_http_server(args.metrics_port, addr=args.metrics_host)
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr=config.metrics_host)
     kopf.run(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        standalone=not args.peering,
-        peering_name=args.peering or None,
-        liveness_endpoint=args.liveness or None,
+        clusterwide=not config.namespaces,
+        namespaces=list(config.namespaces),
+        standalone=not config.peering,
+        peering_name=config.peering or None,
+        liveness_endpoint=config.liveness or None,
+        memo=kopf.Memo(config=config),  # handlers.startup builds the controller from it
     )
     return 0
 

@@ -10,22 +10,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from lightkube import ApiError
 
-from . import conditions, draft_tokens, metrics
+from . import api, conditions, draft_tokens, metrics
 from .kube import Kube
 from .reconcile import needs_apply
-from .render import LABEL_SDD, defaulted_spec, render
+from .render import render
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
-DISCOVERY_TTL = float(os.environ.get("SPECDECODE_DISCOVERY_TTL", "60"))
 
 
 def _now() -> str:
@@ -35,9 +33,10 @@ def _now() -> str:
 @dataclass
 class Controller:
     kube: Kube
+    discovery_ttl: float = 60.0  # seconds the PodMonitor CRD's presence (or absence) holds
+    # At most one reconcile per object runs (the tuner writes only its own status fields,
+    # so it needs no lock with the reconciler).
     _running: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
-    # Reconciles and tuning evaluations of one object never interleave: both write status.
-    _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     _again: set[Key] = field(default_factory=set)
     _pod_monitor: tuple[float, bool] = (0.0, False)
 
@@ -64,19 +63,14 @@ class Controller:
         while self._running:
             await asyncio.gather(*list(self._running.values()), return_exceptions=True)
 
-    def lock(self, namespace: str, name: str) -> asyncio.Lock:
-        return self._locks.setdefault((namespace, name), asyncio.Lock())
-
     # ---- one pass ------------------------------------------------------------------------
     async def reconcile_key(self, namespace: str, name: str) -> None:
         t0 = time.monotonic()
         try:
-            async with self.lock(namespace, name):
-                sdd = await self.kube.get_sdd(namespace, name)
-                if sdd is None:  # deleted: garbage collection removes the children
-                    self._locks.pop((namespace, name), None)
-                    return
-                await self.reconcile(sdd)
+            sdd = await self.kube.get_sdd(namespace, name)
+            if sdd is None:  # deleted: garbage collection removes the children
+                return
+            await self.reconcile(sdd)
         except Exception:
             metrics.RECONCILE_ERRORS.inc()
             log.exception("reconcile of %s/%s failed", namespace, name)
@@ -84,9 +78,9 @@ class Controller:
             metrics.RECONCILE_SECONDS.observe(time.monotonic() - t0)
 
     async def _pod_monitor_available(self) -> bool:
-        # The CRD rarely appears or goes: look again at most every DISCOVERY_TTL seconds.
+        # The CRD rarely appears or goes: look again at most every discovery_ttl seconds.
         checked, available = self._pod_monitor
-        if time.monotonic() - checked > DISCOVERY_TTL:
+        if time.monotonic() - checked > self.discovery_ttl:
             available = await self.kube.pod_monitor_available()
             self._pod_monitor = (time.monotonic(), available)
         return available
@@ -96,12 +90,19 @@ class Controller:
         ns, name = meta["namespace"], meta["name"]
         if meta.get("deletionTimestamp"):
             return
-        spec = defaulted_spec(sdd["spec"])
-        bounds = draft_tokens.bounds(spec)
+        legacy = api.legacy_status(sdd)
+        if legacy:
+            migrated = await self._migrate_status(sdd)
+            if migrated is None:
+                return  # the object changed meanwhile: its watch event reconciles it again
+            sdd = migrated
+        view = api.SpecView.of(sdd)  # the spec, read and defaulted once
+        spec, bounds = view.spec, view.bounds
         cur = draft_tokens.current_k(spec, sdd.get("status"))
         old_k = ((sdd.get("status") or {}).get("draftTokens") or {}).get("current")
 
-        manifests = render(sdd, cur.k, pod_monitor_available=await self._pod_monitor_available())
+        manifests = render(sdd, cur.k, spec=spec,
+                           pod_monitor_available=await self._pod_monitor_available())
         apply_error = None
         deployment = None
         for m in manifests:
@@ -122,53 +123,51 @@ class Controller:
             if m["kind"] == "Deployment":
                 deployment = live
 
-        pods = await self.kube.list_pods(ns, {LABEL_SDD: name})
-        gpu_resource = (spec.get("gpu") or {}).get("resourceName", "nvidia.com/gpu")
+        pods = await self.kube.list_pods(ns, {api.LABEL_SDD: name})
+        gpu_resource = view.gpu_resource
         nodes_offering = None
         if conditions._unschedulable(pods):
             nodes_offering = await self.kube.nodes_offering(gpu_resource)
         obs = conditions.Observed(deployment=deployment, pods=pods, gpu_resource=gpu_resource,
                                   nodes_offering_gpu=nodes_offering, apply_error=apply_error)
         new_status = conditions.status(
-            sdd, desired_replicas=spec["replicas"], k=cur.k,
+            sdd, desired_replicas=view.replicas, k=cur.k,
             initial_k=bounds.initial if bounds else None, obs=obs, now=_now(),
         )
         if cur.k is not None:
             metrics.CURRENT_K.labels(namespace=ns, name=name).set(cur.k)
-        # One field manager owns all of status: re-assert what the tuner wrote.
-        new_status = conditions.with_tuner_fields(new_status, sdd.get("status"))
-        if conditions.differs(new_status, sdd.get("status")):
-            await self.kube.apply_status(sdd, new_status)
+        # A legacy object is applied once even when nothing changed: that releases the
+        # reconciler's ownership of the autotuner's fields.
+        if legacy or api.reconciler_differs(new_status, sdd.get("status")):
+            await self.kube.apply_status(sdd, new_status, manager=api.OPERATOR_MANAGER)
             await self._status_events(sdd, new_status, old_k, cur)
 
-    async def apply_tuner_status(
-        self, sdd: dict[str, Any], tuner_fields: dict[str, Any], condition: dict[str, Any],
-        current_k: int | None, recommended: int | None,
-    ) -> bool:
-        """Write the tuner's status fields (under the object's lock); True if written."""
-        live = sdd.get("status") or {}
-        new = {k: v for k, v in live.items() if k not in conditions.TUNER_KEYS}
-        new.update(tuner_fields)
-        dtk = dict(live.get("draftTokens") or {})
-        if current_k is not None and "current" in dtk:
-            dtk["current"] = current_k
-        if recommended is not None:
-            dtk["recommended"] = recommended
-        if dtk:
-            new["draftTokens"] = dtk
-        others = [c for c in live.get("conditions") or []
-                  if c.get("type") != condition["type"]]
-        new["conditions"] = [*others, condition]
-        if not conditions.differs(new, live):
-            return False
-        await self.kube.apply_status(sdd, new)
-        return True
+    async def _migrate_status(self, sdd: dict[str, Any]) -> dict[str, Any] | None:
+        """Hand the autotuner's fields of a status written under one field manager to the
+        autotuner's manager, as they are (with the K it chose as its target); None when the
+        object changed since it was read."""
+        meta = sdd["metadata"]
+        fields = api.migration_status(sdd.get("status"))
+        if not fields:
+            return sdd
+        try:
+            out = await self.kube.apply_status(sdd, fields, manager=api.TUNER_MANAGER,
+                                               resource_version=meta.get("resourceVersion"))
+        except ApiError as e:
+            if e.status.code == 409:
+                return None
+            raise
+        log.info("%s/%s: status migrated to one field manager per writer",
+                 meta["namespace"], meta["name"])
+        return out
 
     async def _status_events(
         self, sdd: dict[str, Any], new: dict[str, Any], old_k: Any,
         cur: draft_tokens.CurrentK,
     ) -> None:
-        if old_k is not None and cur.k is not None and int(old_k) != cur.k:
+        # A change to the autotuner's target was announced by the autotuner.
+        if old_k is not None and cur.k is not None and int(old_k) != cur.k \
+                and not cur.from_target:
             await self.kube.event(sdd, "Normal", "DraftTokensChanged",
                                   f"K {old_k} -> {cur.k}: {cur.reason}")
         old = {c["type"]: c for c in (sdd.get("status") or {}).get("conditions") or []}

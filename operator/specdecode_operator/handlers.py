@@ -1,49 +1,53 @@
 """Kopf registrations: every trigger funnels into ``Controller.trigger``.
 
 Only event handlers and a startup task are used, so Kopf stores nothing on the user's object
-(no progress annotations, no finalizers): GitOps tools see no drift.
+(no progress annotations, no finalizers): GitOps tools see no drift. The configuration comes
+in Kopf's memo (``memo.config``, set by ``__main__``); the startup handler puts the controller
+there (``memo.controller``), where every handler finds it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 import kopf
 
 from . import crd
+from .api import LABEL_MANAGED_BY, LABEL_SDD, MANAGER
 from .autotune.loop import Tuner
+from .config import OperatorConfig
 from .controller import Controller
 from .kube import Kube
-from .render import LABEL_SDD, MANAGER
 
 log = logging.getLogger(__name__)
 
-RESYNC_SECONDS = float(os.environ.get("SPECDECODE_RESYNC_SECONDS", "60"))
-CHILD_FILTER = {"app.kubernetes.io/managed-by": MANAGER, LABEL_SDD: kopf.PRESENT}
-
-_controller: Controller | None = None
+CHILD_FILTER = {LABEL_MANAGED_BY: MANAGER, LABEL_SDD: kopf.PRESENT}
 
 
-def controller() -> Controller:
-    if _controller is None:
+def _controller(memo: kopf.Memo) -> Controller:
+    ctl = memo.get("controller")
+    if ctl is None:
         raise RuntimeError("the operator has not started")
-    return _controller
+    return ctl  # type: ignore[no-any-return]
 
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    global _controller
+    config = memo.get("config")
+    if not isinstance(config, OperatorConfig):
+        raise RuntimeError("no operator configuration in Kopf's memo: start the operator with "
+                           "`python -m specdecode_operator` (or `specdecode-operator`)")
     settings.posting.enabled = False  # we post our own Events, only for real changes
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = [1, 2, 5, 10]
-    kube = Kube.from_env(os.environ.get("KUBECONFIG") or None)
-    _controller = Controller(kube)
-    memo["resync"] = asyncio.create_task(_resync_forever(_controller))
-    memo["tuner"] = asyncio.create_task(Tuner.from_env(_controller).run_forever())
+    kube = Kube.from_env(config.kubeconfig)
+    ctl = Controller(kube, discovery_ttl=config.discovery_ttl)
+    memo["controller"] = ctl
+    memo["resync"] = asyncio.create_task(_resync_forever(ctl, config))
+    memo["tuner"] = asyncio.create_task(Tuner.from_config(kube, config).run_forever())
 
 
 @kopf.on.cleanup()
@@ -52,18 +56,18 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         task = memo.get(name)
         if task:
             task.cancel()
-    if _controller is not None:
-        await _controller.idle()
-        await _controller.kube.close()
+    ctl = memo.get("controller")
+    if ctl is not None:
+        await ctl.idle()
+        await ctl.kube.close()
 
 
-async def _resync_forever(ctl: Controller) -> None:
+async def _resync_forever(ctl: Controller, config: OperatorConfig) -> None:
     """Level-based safety net: revisit every object periodically, whatever events were lost."""
-    scope = [n for n in os.environ.get("SPECDECODE_NAMESPACES", "").split(",") if n] or [None]
     while True:
-        await asyncio.sleep(RESYNC_SECONDS)
+        await asyncio.sleep(config.resync_seconds)
         try:
-            for namespace in scope:
+            for namespace in config.scope:
                 for sdd in await ctl.kube.list_sdds(namespace):
                     ctl.trigger(sdd["metadata"]["namespace"], sdd["metadata"]["name"])
         except Exception:  # keep the loop alive; the next round tries again
@@ -71,37 +75,38 @@ async def _resync_forever(ctl: Controller) -> None:
 
 
 @kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL)
-async def sdd_event(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
+async def sdd_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo,
+                    **_: Any) -> None:
     if event.get("type") == "DELETED":
         return
-    controller().trigger(namespace, name)
+    _controller(memo).trigger(namespace, name)
 
 
-def _child_event(labels: dict[str, str], namespace: str, event: dict[str, Any]) -> None:
+def _child_event(labels: dict[str, str], namespace: str, memo: kopf.Memo) -> None:
     owner = labels.get(LABEL_SDD)
     if owner:
-        controller().trigger(namespace, owner)
+        _controller(memo).trigger(namespace, owner)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_FILTER)
-async def deployment_event(labels: dict[str, str], namespace: str, event: dict[str, Any],
+async def deployment_event(labels: dict[str, str], namespace: str, memo: kopf.Memo,
                            **_: Any) -> None:
-    _child_event(labels, namespace, event)
+    _child_event(labels, namespace, memo)
 
 
 @kopf.on.event("v1", "services", labels=CHILD_FILTER)
-async def service_event(labels: dict[str, str], namespace: str, event: dict[str, Any],
+async def service_event(labels: dict[str, str], namespace: str, memo: kopf.Memo,
                         **_: Any) -> None:
-    _child_event(labels, namespace, event)
+    _child_event(labels, namespace, memo)
 
 
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_FILTER)
-async def pdb_event(labels: dict[str, str], namespace: str, event: dict[str, Any],
+async def pdb_event(labels: dict[str, str], namespace: str, memo: kopf.Memo,
                     **_: Any) -> None:
-    _child_event(labels, namespace, event)
+    _child_event(labels, namespace, memo)
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_FILTER)
-async def pod_event(labels: dict[str, str], namespace: str, event: dict[str, Any],
+async def pod_event(labels: dict[str, str], namespace: str, memo: kopf.Memo,
                     **_: Any) -> None:
-    _child_event(labels, namespace, event)
+    _child_event(labels, namespace, memo)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .render import ANNOTATION_HASH
+from .api import ANNOTATION_HASH
 
 
 def is_subset(desired: Any, live: Any) -> bool:

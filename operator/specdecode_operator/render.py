@@ -10,21 +10,20 @@ import json
 from typing import Any
 
 from . import crd
-from .crd import schema_defaults
+from .api import (  # the operator's names live in api.py; imported from here too
+    ANNOTATION_HASH,
+    ANNOTATION_SPEC_CONFIG,
+    DEFAULT_GPU_RESOURCE,
+    LABEL_DRAFTER,
+    LABEL_K,
+    LABEL_MANAGED_BY,
+    LABEL_SDD,
+    MANAGER,
+    defaulted_spec,
+)
 
-MANAGER = "specdecode-operator"
-LABEL_SDD = "specdecode.io/deployment"
-LABEL_K = "specdecode.io/draft-tokens"
-LABEL_DRAFTER = "specdecode.io/drafter"
-ANNOTATION_HASH = "specdecode.io/rendered-hash"
-ANNOTATION_SPEC_CONFIG = "specdecode.io/speculative-config"
 HTTP_PORT_NAME = "http"
 SHM_SIZE = "16Gi"
-
-
-def defaulted_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec as the apiserver stores it: schema defaults applied (idempotent)."""
-    return schema_defaults(crd.spec_schema(), spec)
 
 
 def speculative_config(spec: dict[str, Any], k: int) -> dict[str, Any]:
@@ -76,7 +75,7 @@ def common_labels(name: str) -> dict[str, str]:
         "app.kubernetes.io/name": "vllm",
         "app.kubernetes.io/instance": name,
         "app.kubernetes.io/component": "inference-server",
-        "app.kubernetes.io/managed-by": MANAGER,
+        LABEL_MANAGED_BY: MANAGER,
         LABEL_SDD: name,
     }
 
@@ -105,7 +104,7 @@ def _gpu_count(spec: dict[str, Any]) -> int:
 
 def _container(spec: dict[str, Any], k: int | None) -> dict[str, Any]:
     gpu = spec.get("gpu") or {}
-    gpu_resource = gpu.get("resourceName", "nvidia.com/gpu")
+    gpu_resource = gpu.get("resourceName", DEFAULT_GPU_RESOURCE)
     gpus = str(_gpu_count(spec))
     res = spec.get("resources") or {}
     limits = {**{n: str(q) for n, q in (res.get("limits") or {}).items()}, gpu_resource: gpus}
@@ -299,10 +298,14 @@ def with_hash(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(
-    sdd: dict[str, Any], k: int | None, *, pod_monitor_available: bool = False
+    sdd: dict[str, Any], k: int | None, *, pod_monitor_available: bool = False,
+    spec: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """All objects owned by ``sdd`` when it runs draft length ``k`` (None: speculation off)."""
-    spec = defaulted_spec(sdd["spec"])
+    """All objects owned by ``sdd`` when it runs draft length ``k`` (None: speculation off).
+
+    ``spec``: the SDD's spec already defaulted (``api.SpecView.spec``), to default it once.
+    """
+    spec = defaulted_spec(sdd["spec"]) if spec is None else spec
     out = [deployment(sdd, spec, k), service(sdd, spec)]
     pdb = pod_disruption_budget(sdd, spec)
     if pdb:

@@ -113,7 +113,7 @@ PROBE = """
 import json, sys
 import specdecode_operator.__main__ as m
 m.start_http_server = lambda port, addr: print(json.dumps({"metrics": [port, addr]}))
-m.kopf.run = lambda **kw: print(json.dumps({"kopf": kw}))
+m.kopf.run = lambda **kw: print(json.dumps({"kopf": kw}, default=repr))
 sys.exit(m.main(sys.argv[1:]))
 """
 

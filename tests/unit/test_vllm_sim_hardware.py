@@ -144,3 +144,50 @@ def test_cpu_cost_is_linear_in_tokens_almost_from_the_start() -> None:
     assert max(rises) / min(rises) < 1.1
     assert ms("cpu", 16, 0) / ms("cpu", 1, 0) > 2.5
     assert best_k("cpu", 16, 0.8) < best_k("h200", 16, 0.8)
+
+
+def test_h200_interpolates_between_and_extrapolates_past_the_table() -> None:
+    # between measured batch sizes the cost lies between its neighbours
+    assert ms("h200", 16, 3) < ms("h200", 24, 3) < ms("h200", 32, 3)
+    # q = 7 was not measured: between q = 6 and q = 8 (drafter passes taken out)
+    draft = H200.draft_seconds(256) * 1000
+    lo, hi = sorted((ms("h200", 256, 5) - 5 * draft, ms("h200", 256, 7) - 7 * draft))
+    assert lo <= ms("h200", 256, 6) - 6 * draft <= hi
+    # past the table: more sequences and more verify tokens cost more
+    assert ms("h200", 512, 3) > ms("h200", 256, 3)
+    assert ms("h200", 256, 19) > ms("h200", 256, 15)
+
+
+# Best K and speedup over k=0 on the H200 table at i.i.d. acceptance a, k searched over 0..11
+# (the table in docs/vllm-sim.md); None = speculation off.
+PUBLISHED = {
+    0.7: {1: (5, 2.13), 16: (5, 1.93), 32: (3, 1.55), 64: (3, 1.18), 128: None, 256: None},
+    0.9: {1: (11, 4.08), 16: (9, 3.46), 32: (7, 2.58), 64: (5, 1.77), 128: (5, 1.29),
+          256: (5, 1.08)},
+    0.5: {1: (3, 1.45), 16: (3, 1.35), 32: (3, 1.15), 64: None},
+}
+
+
+@pytest.mark.parametrize("a", sorted(PUBLISHED))
+def test_h200_reproduces_the_best_k_table(a: float) -> None:
+    for b, expected in PUBLISHED[a].items():
+        def goodput(k: int, b: int = b) -> float:
+            return b * mean_accepted(a, k) / H200.step_seconds(b, k)
+
+        k = max(range(12), key=goodput)
+        if expected is None:
+            assert k == 0, f"a={a} B={b}: speculation should be off, got k={k}"
+        else:
+            assert (k, round(goodput(k) / goodput(0), 2)) == pytest.approx(
+                expected, abs=0.011), f"a={a} B={b}"
+
+
+def test_a_measured_table_of_your_own() -> None:
+    rows = [{"B": b, "ctx": 1024, "q": q, "ttarget_ms": 10.0 * b + q, "tdraft_ms": 1.0}
+            for b in (1, 8) for q in (1, 2, 4)]
+    rows.append({"B": 1, "ctx": 8192, "q": 1, "ttarget_ms": 999.0, "tdraft_ms": 9.0})
+    hw = hardware.from_table_json("mine.json", json.dumps({"device": "test-gpu", "rows": rows}))
+    assert hw.step_seconds(8, 1) == pytest.approx((82 + 1) / 1000)  # ctx 8192 rows ignored
+    assert hw.step_seconds(1, 2) == pytest.approx((10 + 3 + 2 * 1.0) / 1000)  # q=3 interpolated
+    with pytest.raises(ValueError, match="ctx=1024"):
+        hardware.from_table_json("x", json.dumps({"rows": rows[-1:]}))
