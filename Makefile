@@ -40,10 +40,11 @@ system-deps:
 binaries:
 	hack/build-binaries.sh >/dev/null
 
-$(VENV)/.installed: pyproject.toml
+# Two distributions: the operator (.) and the runtime around it (runtime/, specdecode-runtime).
+$(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,demo]'
+	$(BIN)/pip install -q -e '.[dev]' -e './runtime[demo]'
 	touch $@
 
 clean:
