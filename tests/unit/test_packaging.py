@@ -14,9 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _build_wheel(src: Path, out: Path) -> zipfile.ZipFile:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(out), str(src)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    # No build isolation: the dev extra brings setuptools>=77 (make setup), no index needed.
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                           "--no-build-isolation", "-w", str(out), str(src)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"pip wheel {src.name} failed:\n{proc.stderr[-3000:]}"
     (wheel,) = out.glob("*.whl")
     return zipfile.ZipFile(wheel)
 
