@@ -32,6 +32,7 @@ crds: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/python hack/import-graph.py --check >/dev/null
 
 setup: system-deps $(VENV)/.installed binaries
 

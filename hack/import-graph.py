@@ -43,6 +43,10 @@ class Module:
     is_package: bool
     lines: int
     imports: set[str] = field(default_factory=set)  # first-party modules
+    # First-party packages whose files this module reads with importlib.resources (a data
+    # dependency an import graph does not show): a module importing importlib that names
+    # another first-party package in a string constant.
+    reads_data_of: set[str] = field(default_factory=set)
     external: set[str] = field(default_factory=set)  # top-level names of everything else
 
 
@@ -122,6 +126,12 @@ def build(files: Iterable[tuple[str, str]]) -> tuple[dict[str, Module], dict[str
                         mod.imports.add(t)
                 elif t:
                     mod.external.add(t.split(".")[0])
+        if "importlib" in mod.external:
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                        and node.value in modules and node.value.split(".")[0] in PACKAGES
+                        and node.value.split(".")[0] != name.split(".")[0]):
+                    mod.reads_data_of.add(node.value)
     return modules, other_lines
 
 
@@ -204,6 +214,8 @@ def report(modules: dict[str, Module], other_lines: dict[str, int]) -> dict[str,
         "cycles": cycles(modules),
         "operator_imports_runtime": [list(e) for e in forbidden_edges(modules)],
         "runtime_imports_operator": [list(e) for e in runtime_uses_operator(modules)],
+        "package_data_reads": sorted([m.name, d] for m in modules.values()
+                                     for d in m.reads_data_of),
         "lines": lines,
     }
 
@@ -233,11 +245,20 @@ def main(argv: list[str] | None = None) -> int:
         print("\n# specdecode_runtime -> specdecode_operator edges (allowed)")
         for a, b in rep["runtime_imports_operator"] or [["none", ""]]:  # type: ignore[union-attr]
             print(f"  {a} -> {b}" if b else "  none")
+        print("\n# package data read across distributions (importlib.resources)")
+        for a, b in rep["package_data_reads"] or [["none", ""]]:  # type: ignore[union-attr]
+            print(f"  {a} reads {b}" if b else "  none")
         print("\n# lines per layer")
         for k, v in rep["lines"].items():  # type: ignore[union-attr]
             print(f"  {k:8} {v}")
     bad = rep["cycles"] or rep["operator_imports_runtime"]
-    return 1 if args.check and bad else 0
+    if args.check and bad:
+        for c in rep["cycles"]:  # type: ignore[union-attr]
+            print("import cycle: " + " <-> ".join(c), file=sys.stderr)
+        for a, b in rep["operator_imports_runtime"]:  # type: ignore[union-attr]
+            print(f"the operator imports the runtime: {a} -> {b}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -56,3 +56,18 @@ def test_a_module_importing_io_or_the_shell_is_shell():
     layer = g.layers(g.build(files)[0])
     assert (layer["specdecode_operator.kube"], layer["specdecode_operator.uses_kube"],
             layer["specdecode_operator.pure"]) == ("shell", "shell", "core")
+
+
+def test_a_read_of_another_packages_data_is_listed():
+    g = _graph_tool()
+    files = [
+        ("operator/specdecode_operator/__init__.py", ""),
+        ("runtime/specdecode_runtime/__init__.py", ""),
+        ("runtime/specdecode_runtime/world.py",
+         "from importlib import resources\nT = ('specdecode_operator', 'data/t.json')\n"),
+        ("runtime/specdecode_runtime/other.py", "X = 'specdecode_operator'\n"),  # no importlib
+    ]
+    modules, _ = g.build(files)
+    assert modules["specdecode_runtime.world"].reads_data_of == {"specdecode_operator"}
+    assert modules["specdecode_runtime.other"].reads_data_of == set()
+    assert modules["specdecode_runtime.world"].imports == set()
