@@ -8,10 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# Only what `pip install .` needs (see .dockerignore).
+# Only what `pip install .` needs (see .dockerignore): the operator distribution. The runtime
+# (runtime/, specdecode-runtime: local plane, stand-in vLLM, demo) is not in the image;
+# tests/unit/test_packaging.py builds a wheel from exactly these COPY lines.
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
-COPY runtime/ runtime/
 RUN pip install . \
     && rm -rf /src \
     && groupadd --system --gid 10001 specdecode \

@@ -32,6 +32,7 @@ crds: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/python hack/import-graph.py --check >/dev/null
 
 setup: system-deps $(VENV)/.installed binaries
 
@@ -46,10 +47,11 @@ binaries:
 flux-binaries:
 	hack/build-flux.sh >/dev/null
 
-$(VENV)/.installed: pyproject.toml
+# Two distributions: the operator (.) and the runtime around it (runtime/, specdecode-runtime).
+$(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,demo]'
+	$(BIN)/pip install -q -e '.[dev]' -e './runtime[demo]'
 	touch $@
 
 clean:

