@@ -1,5 +1,11 @@
 """The operator as a real child process (``python -m specdecode_operator``), for integration
-tests and the demo: its liveness endpoint gates start-up, its /metrics is read back."""
+tests and the demo: its liveness endpoint gates start-up, its /metrics is read back.
+
+By default it runs as the Helm chart would: under the chart's ServiceAccount, bound to the
+chart's ClusterRoles (read from ``deploy/specdecode-operator.yaml``, the chart rendered with
+its defaults; a drift test keeps the two equal), so every tier that starts it exercises the
+chart's RBAC rather than ``system:masters``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,24 @@ import re
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from .localplane import LocalPlane
 from .localplane.process import Component, free_port, tail
 
+# The identity of ``start_operator(..., identity="admin")`` (a client certificate).
 OPERATOR_USER = "specdecode-operator"
+CHART_NAMESPACE = "specdecode-system"
+CHART_SERVICE_ACCOUNT = "specdecode-operator"
+CHART_USER = f"system:serviceaccount:{CHART_NAMESPACE}:{CHART_SERVICE_ACCOUNT}"
+RBAC_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+              "RoleBinding")
+Verb = tuple[str, str, str]  # (apiGroup, resource, verb); "" is the core group
 
 
 @dataclass
@@ -23,6 +40,8 @@ class OperatorProcess:
     workdir: Path
     kubeconfig: Path
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    username: str = OPERATOR_USER  # as the apiserver (and its audit log) knows it
     comp: Component | None = None
     metrics_port: int = 0
     starts: int = 0
@@ -36,7 +55,8 @@ class OperatorProcess:
         self.metrics_port, live = free_port(), free_port()
         self.comp = Component(
             "specdecode-operator",
-            [sys.executable, "-m", "specdecode_operator", "--metrics-host=127.0.0.1",
+            [sys.executable, "-m", "specdecode_operator", *self.args,
+             "--metrics-host=127.0.0.1",
              f"--metrics-port={self.metrics_port}",
              f"--liveness=http://127.0.0.1:{live}/healthz"],
             log_path=self.log_path,
@@ -74,7 +94,25 @@ class OperatorProcess:
         return total
 
     def reconciles(self) -> float:
+        """Reconcile passes finished, *including those that raised* (see reconcile_errors)."""
         return self.metric("specdecode_operator_reconcile_duration_seconds_count")
+
+    def reconcile_errors(self) -> float:
+        return self.metric("specdecode_operator_reconcile_errors_total")
+
+    def decisions(self) -> float:
+        """Tuning evaluations written, all outcomes (keep, recommend, change, unavailable)."""
+        return self.metric("specdecode_operator_autotune_decisions_total")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def assert_no_errors(self) -> None:
+        """No traceback and no ERROR line in this process' log."""
+        bad = [ln for ln in self.log_text().splitlines()
+               if "Traceback" in ln or " ERROR " in ln]
+        assert not bad, "operator logged errors:\n" + "\n".join(bad[:20]) + \
+            f"\n{self.log_tail(80)}"
 
     def wait_reconciles(self, at_least: float, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -99,12 +137,58 @@ def install_crds(plane: LocalPlane) -> None:
                   "crd/specdecodedeployments.specdecode.io")
 
 
-def start_operator(plane: LocalPlane, workdir: Path,
-                   env: dict[str, str] | None = None) -> OperatorProcess:
-    # A distinct identity so the apiserver's audit log attributes every write to it. (The
-    # chart's least-privilege ServiceAccount is tested in tests/helm.)
-    kc = plane.user_kubeconfig(OPERATOR_USER, ["system:masters"])
-    op = OperatorProcess(plane=plane, workdir=workdir, kubeconfig=kc,
+def chart_rbac_docs(drop: Iterable[Verb] = ()) -> list[dict[str, Any]]:
+    """The chart's ServiceAccount, (Cluster)Roles and bindings as rendered in deploy/, minus
+    the verbs in ``drop`` (hack/rbac-minimality removes them one at a time)."""
+    drop = set(drop)
+    docs = [d for d in yaml.safe_load_all((REPO / "deploy" / "specdecode-operator.yaml")
+                                          .read_text()) if d and d["kind"] in RBAC_KINDS]
+    for d in docs:
+        for rule in d.get("rules") or []:
+            rule["verbs"] = [v for v in rule["verbs"]
+                             if not any((g, r, v) in drop for g in rule.get("apiGroups", [])
+                                        for r in rule.get("resources", []))]
+        if "rules" in d:
+            d["rules"] = [r for r in d["rules"] if r["verbs"]]
+    return docs
+
+
+def chart_service_account(plane: LocalPlane, workdir: Path,
+                          drop: Iterable[Verb] = ()) -> Path:
+    """Install the chart's RBAC (idempotent; ``drop`` replaces the roles' rules) and return a
+    kubeconfig holding a token of the chart's ServiceAccount."""
+    plane.kubectl("apply", "--server-side", "--force-conflicts",
+                  "--field-manager=specdecode-tests", "-f", "-",
+                  input=yaml.safe_dump_all(chart_rbac_docs(drop)))
+    workdir.mkdir(parents=True, exist_ok=True)
+    return plane.service_account_kubeconfig(CHART_NAMESPACE, CHART_SERVICE_ACCOUNT,
+                                            path=workdir / "sa.kubeconfig", duration="12h")
+
+
+def rbac_drop_from_env() -> list[Verb]:
+    """``SPECDECODE_TEST_RBAC_DROP=apps/deployments:patch,/pods:watch`` (hack/rbac-minimality):
+    verbs to remove from the chart's roles for a run."""
+    out: list[Verb] = []
+    for item in filter(None, os.environ.get("SPECDECODE_TEST_RBAC_DROP", "").split(",")):
+        gr, verb = item.rsplit(":", 1)
+        group, resource = gr.split("/", 1)
+        out.append((group, resource, verb))
+    return out
+
+
+def start_operator(plane: LocalPlane, workdir: Path, env: dict[str, str] | None = None,
+                   args: list[str] | None = None, identity: str = "chart") -> OperatorProcess:
+    """Start the operator; ``identity="chart"`` (default) runs it under the chart's
+    ServiceAccount and RBAC, ``"admin"`` as user ``specdecode-operator`` in system:masters."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if identity == "chart":
+        kc, user = chart_service_account(plane, workdir, rbac_drop_from_env()), CHART_USER
+    elif identity == "admin":
+        kc, user = plane.user_kubeconfig(OPERATOR_USER, ["system:masters"]), OPERATOR_USER
+    else:
+        raise ValueError(f"identity must be 'chart' or 'admin', not {identity!r}")
+    op = OperatorProcess(plane=plane, workdir=workdir, kubeconfig=kc, username=user,
+                         args=list(args or []),
                          env={"PYTHONUNBUFFERED": "1", "PATH": os.environ.get("PATH", ""),
                               **(env or {})})
     op.start()
@@ -130,5 +214,5 @@ def wait_quiet(op: OperatorProcess, settle: float = 1.5, timeout: float = 60) ->
     raise AssertionError("operator never went quiet")
 
 
-__all__ = ["OPERATOR_USER", "OperatorProcess", "install_crds", "start_operator", "utc_now",
-           "wait_quiet"]
+__all__ = ["CHART_USER", "OPERATOR_USER", "OperatorProcess", "chart_rbac_docs",
+           "chart_service_account", "install_crds", "start_operator", "utc_now", "wait_quiet"]
