@@ -182,17 +182,25 @@ def session_operators_paused() -> Iterator[None]:
             op.start()
 
 
-@pytest.fixture
-def solo_operator(crds: LocalPlane, plane: LocalPlane, prometheus: PrometheusServer,
-                  namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """An operator of this test alone, watching only ``namespace`` (so its reconcile and
-    error counters count this test's objects and nothing else), the session's paused."""
+@contextlib.contextmanager
+def solo_operator_for(plane: LocalPlane, namespace: str, workdir: Path,
+                      prometheus_url: str) -> Iterator[OperatorProcess]:
+    """An operator watching only ``namespace`` (its reconcile, error and decision counters
+    count that namespace's objects and nothing else), the session's operator paused."""
     with session_operators_paused():
-        op = start_operator(plane, tmp_path / "solo-operator", args=[f"--namespace={namespace}"],
-                            env={"SPECDECODE_PROMETHEUS_URL": prometheus.url,
+        op = start_operator(plane, workdir, args=[f"--namespace={namespace}"],
+                            env={"SPECDECODE_PROMETHEUS_URL": prometheus_url,
                                  "SPECDECODE_PROMETHEUS_TIMEOUT": "2"})
         try:
             with log_source("solo_operator", "operator log (tail)", lambda: op.log_tail()):
                 yield op
         finally:
             op.stop()
+
+
+@pytest.fixture
+def solo_operator(crds: LocalPlane, plane: LocalPlane, prometheus: PrometheusServer,
+                  namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """``solo_operator_for`` this test's namespace and the session's Prometheus."""
+    with solo_operator_for(plane, namespace, tmp_path / "solo-operator", prometheus.url) as op:
+        yield op
