@@ -187,8 +187,11 @@ def solo_operator_for(plane: LocalPlane, namespace: str, workdir: Path,
                       prometheus_url: str) -> Iterator[OperatorProcess]:
     """An operator watching only ``namespace`` (its reconcile, error and decision counters
     count that namespace's objects and nothing else), the session's operator paused."""
+    # Its own chart release (ServiceAccount, ClusterRole, a Role in the namespace), as
+    # `helm install --set operator.namespaces={ns}` would create, removed afterwards.
+    release = f"solo-{hashlib.sha1(namespace.encode()).hexdigest()[:6]}"
     with session_operators_paused():
-        op = start_operator(plane, workdir, args=[f"--namespace={namespace}"],
+        op = start_operator(plane, workdir, release=release, namespaces=[namespace],
                             env={"SPECDECODE_PROMETHEUS_URL": prometheus_url,
                                  "SPECDECODE_PROMETHEUS_TIMEOUT": "2"})
         try:
@@ -196,6 +199,7 @@ def solo_operator_for(plane: LocalPlane, namespace: str, workdir: Path,
                 yield op
         finally:
             op.stop()
+            op.remove_rbac()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import time
 import urllib.request
@@ -42,6 +43,7 @@ class OperatorProcess:
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
     username: str = OPERATOR_USER  # as the apiserver (and its audit log) knows it
+    rbac: list[dict[str, Any]] = field(default_factory=list)  # removed by remove_rbac()
     comp: Component | None = None
     metrics_port: int = 0
     starts: int = 0
@@ -76,6 +78,12 @@ class OperatorProcess:
         if self.comp:
             self.comp.stop(grace=10)
             self.comp = None
+
+    def remove_rbac(self) -> None:
+        """Delete the RBAC objects of a per-test release (start_operator(release=...))."""
+        if self.rbac:
+            remove_rbac(self.plane, self.rbac)
+            self.rbac = []
 
     def restart(self) -> None:
         self.stop()
@@ -137,12 +145,8 @@ def install_crds(plane: LocalPlane) -> None:
                   "crd/specdecodedeployments.specdecode.io")
 
 
-def chart_rbac_docs(drop: Iterable[Verb] = ()) -> list[dict[str, Any]]:
-    """The chart's ServiceAccount, (Cluster)Roles and bindings as rendered in deploy/, minus
-    the verbs in ``drop`` (hack/rbac-minimality removes them one at a time)."""
+def _drop_verbs(docs: list[dict[str, Any]], drop: Iterable[Verb]) -> list[dict[str, Any]]:
     drop = set(drop)
-    docs = [d for d in yaml.safe_load_all((REPO / "deploy" / "specdecode-operator.yaml")
-                                          .read_text()) if d and d["kind"] in RBAC_KINDS]
     for d in docs:
         for rule in d.get("rules") or []:
             rule["verbs"] = [v for v in rule["verbs"]
@@ -153,16 +157,52 @@ def chart_rbac_docs(drop: Iterable[Verb] = ()) -> list[dict[str, Any]]:
     return docs
 
 
-def chart_service_account(plane: LocalPlane, workdir: Path,
-                          drop: Iterable[Verb] = ()) -> Path:
-    """Install the chart's RBAC (idempotent; ``drop`` replaces the roles' rules) and return a
-    kubeconfig holding a token of the chart's ServiceAccount."""
+def chart_rbac_docs(drop: Iterable[Verb] = (), release: str = "",
+                    namespaces: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The chart's ServiceAccount, (Cluster)Roles and bindings, minus the verbs in ``drop``
+    (hack/rbac-minimality removes them one at a time). Default: as rendered in deploy/ (the
+    chart's defaults, cluster-wide). With ``release`` or ``namespaces``: ``helm template``
+    of the chart for that release, watching only ``namespaces`` (a Role in each)."""
+    namespaces = list(namespaces)
+    if not release and not namespaces:
+        text = (REPO / "deploy" / "specdecode-operator.yaml").read_text()
+    else:
+        from .localplane.binaries import locate
+        cmd = [str(locate()["helm"]), "template", release or CHART_SERVICE_ACCOUNT,
+               str(REPO / "charts" / "specdecode-operator"), "--namespace", CHART_NAMESPACE,
+               "--kube-version", "1.37.2"]
+        if namespaces:
+            cmd += ["--set", "operator.namespaces={" + ",".join(namespaces) + "}"]
+        text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    docs = [d for d in yaml.safe_load_all(text) if d and d["kind"] in RBAC_KINDS]
+    return _drop_verbs(docs, drop)
+
+
+def chart_service_account(plane: LocalPlane, workdir: Path, drop: Iterable[Verb] = (),
+                          release: str = "", namespaces: Iterable[str] = ()
+                          ) -> tuple[Path, str, list[dict[str, Any]]]:
+    """Install the chart's RBAC (idempotent; ``drop`` replaces the roles' rules) and return
+    a kubeconfig holding a token of its ServiceAccount, that account's username, and the
+    objects installed (for ``remove_rbac``)."""
+    docs = chart_rbac_docs(drop, release, namespaces)
+    if not any(d["kind"] == "Namespace" for d in docs):  # helm template renders none
+        docs.insert(0, {"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": CHART_NAMESPACE}})
     plane.kubectl("apply", "--server-side", "--force-conflicts",
                   "--field-manager=specdecode-tests", "-f", "-",
-                  input=yaml.safe_dump_all(chart_rbac_docs(drop)))
+                  input=yaml.safe_dump_all(docs))
+    sa = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
     workdir.mkdir(parents=True, exist_ok=True)
-    return plane.service_account_kubeconfig(CHART_NAMESPACE, CHART_SERVICE_ACCOUNT,
-                                            path=workdir / "sa.kubeconfig", duration="12h")
+    kc = plane.service_account_kubeconfig(CHART_NAMESPACE, sa, path=workdir / "sa.kubeconfig",
+                                          duration="12h")
+    return kc, f"system:serviceaccount:{CHART_NAMESPACE}:{sa}", docs
+
+
+def remove_rbac(plane: LocalPlane, docs: list[dict[str, Any]]) -> None:
+    """Delete what ``chart_service_account`` installed (never the shared Namespace)."""
+    docs = [d for d in docs if d["kind"] != "Namespace"]
+    plane.kubectl("delete", "--ignore-not-found", "--wait=true", "-f", "-",
+                  input=yaml.safe_dump_all(docs))
 
 
 def rbac_drop_from_env() -> list[Verb]:
@@ -177,18 +217,25 @@ def rbac_drop_from_env() -> list[Verb]:
 
 
 def start_operator(plane: LocalPlane, workdir: Path, env: dict[str, str] | None = None,
-                   args: list[str] | None = None, identity: str = "chart") -> OperatorProcess:
+                   args: list[str] | None = None, identity: str = "chart",
+                   release: str = "", namespaces: Iterable[str] = ()) -> OperatorProcess:
     """Start the operator; ``identity="chart"`` (default) runs it under the chart's
-    ServiceAccount and RBAC, ``"admin"`` as user ``specdecode-operator`` in system:masters."""
+    ServiceAccount and RBAC (``release``/``namespaces``: see chart_rbac_docs; the operator
+    then watches only ``namespaces``), ``"admin"`` as user ``specdecode-operator`` in
+    system:masters."""
     workdir.mkdir(parents=True, exist_ok=True)
+    namespaces = list(namespaces)
+    args = [*(args or []), *(f"--namespace={n}" for n in namespaces)]
+    rbac: list[dict[str, Any]] = []
     if identity == "chart":
-        kc, user = chart_service_account(plane, workdir, rbac_drop_from_env()), CHART_USER
+        kc, user, rbac = chart_service_account(plane, workdir, rbac_drop_from_env(), release,
+                                               namespaces)
     elif identity == "admin":
         kc, user = plane.user_kubeconfig(OPERATOR_USER, ["system:masters"]), OPERATOR_USER
     else:
         raise ValueError(f"identity must be 'chart' or 'admin', not {identity!r}")
     op = OperatorProcess(plane=plane, workdir=workdir, kubeconfig=kc, username=user,
-                         args=list(args or []),
+                         args=args, rbac=rbac if release else [],
                          env={"PYTHONUNBUFFERED": "1", "PATH": os.environ.get("PATH", ""),
                               **(env or {})})
     op.start()
@@ -215,4 +262,5 @@ def wait_quiet(op: OperatorProcess, settle: float = 1.5, timeout: float = 60) ->
 
 
 __all__ = ["CHART_USER", "OPERATOR_USER", "OperatorProcess", "chart_rbac_docs",
-           "chart_service_account", "install_crds", "start_operator", "utc_now", "wait_quiet"]
+           "chart_service_account", "install_crds", "remove_rbac", "start_operator", "utc_now",
+           "wait_quiet"]
