@@ -309,3 +309,31 @@ def test_pod_monitor_is_created_once_its_crd_exists(
         assert pm["spec"]["selector"] == {"matchLabels": {"specdecode.io/deployment": "mon"}}
         assert pm["metadata"]["ownerReferences"][0]["kind"] == "SpecDecodeDeployment"
         plane.kubectl("delete", "sdd", "mon", "-n", namespace)
+
+
+def test_a_rejected_child_apply_is_degraded_apply_failed_and_recovers(
+    operator: OperatorProcess, plane: LocalPlane, namespace: str
+) -> None:
+    """The apiserver refuses one child (a ResourceQuota allowing no Services): the failure is
+    reported (Degraded=ApplyFailed, with the apiserver's words), the other children are still
+    applied, and once the quota goes the Service is created and the condition clears."""
+    plane.kubectl_apply([{"apiVersion": "v1", "kind": "ResourceQuota",
+                          "metadata": {"name": "no-services", "namespace": namespace},
+                          "spec": {"hard": {"services": "0"}}}])
+    apply(plane, sdd_doc("quota", namespace, BASIC))
+    sdd = wait_for("Degraded=ApplyFailed", lambda: (
+        s := get_or_none(plane, "sdd", "quota", "-n", namespace))
+        and condition(s, "Degraded").get("reason") == "ApplyFailed" and s, timeout=45)
+    msg = condition(sdd, "Degraded")["message"]
+    assert msg.startswith("applying Service quota:") and "quota" in msg, msg
+    assert condition(sdd, "Degraded")["status"] == "True"
+    assert get_or_none(plane, "service", "quota", "-n", namespace) is None
+    deployment(plane, namespace, "quota")  # the other children are applied regardless
+    assert operator.comp is not None and operator.comp.alive
+
+    plane.kubectl("delete", "resourcequota", "no-services", "-n", namespace)
+    wait_for("Service created once allowed", lambda: get_or_none(
+        plane, "service", "quota", "-n", namespace), timeout=45)
+    wait_for("Degraded cleared", lambda: condition(
+        get_json(plane, "sdd", "quota", "-n", namespace), "Degraded").get("status") == "False",
+        timeout=45)
