@@ -36,7 +36,6 @@ from specdecode_operator.controller import Controller  # noqa: E402
 from specdecode_operator.kube import Kube  # noqa: E402
 from specdecode_runtime.localplane import GPUNodePool, LocalPlane  # noqa: E402
 from specdecode_runtime.operator_process import (  # noqa: E402
-    OPERATOR_USER,
     install_crds,
     start_operator,
     utc_now,
@@ -127,7 +126,7 @@ def main() -> int:
             op.wait_reconciles(before + args.objects, timeout=120)
             wait_quiet(op, settle=3)
             n = op.reconciles() - before
-            writes = [w for w in plane.audit_writes(OPERATOR_USER, since)
+            writes = [w for w in plane.audit_writes(op.username, since)
                       if w["objectRef"].get("namespace") == ns]
             print(f"no-op reconciles: {n:.0f}, API writes during them: {len(writes)} "
                   f"({len(writes) / n:.2f} per reconcile)")

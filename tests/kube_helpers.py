@@ -58,3 +58,17 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
 def events(plane: LocalPlane, namespace: str, name: str) -> list[dict[str, Any]]:
     return get_json(plane, "events", "-n", namespace, "--field-selector",
                     f"involvedObject.name={name},involvedObject.kind=SpecDecodeDeployment")["items"]
+
+
+def last_decision(obj: dict[str, Any]) -> dict[str, Any]:
+    return ((obj.get("status") or {}).get("autotune") or {}).get("lastDecision") or {}
+
+
+def wait_next_decision(plane: LocalPlane, namespace: str, name: str, after: dict[str, Any],
+                       timeout: float = 60.0) -> dict[str, Any]:
+    """The SDD once the autotuner has written a decision later than ``after`` (a
+    lastDecision): evidence that another evaluation really happened."""
+    t0 = after.get("time", "")
+    return wait_for(f"a tuning decision on {namespace}/{name} after {t0!r}", lambda: (
+        s := get_json(plane, "sdd", name, "-n", namespace))
+        and last_decision(s).get("time", "") > t0 and s, timeout=timeout)

@@ -108,6 +108,19 @@ class PrometheusServer(StartStop):
             raise RuntimeError(f"prometheus query failed: {body}")
         return list(body["data"]["result"])
 
+    def api_requests(self, handler: str = "/api/v1/query") -> float:
+        """How many requests Prometheus itself counted on ``handler``, all response codes,
+        read from its own /metrics (``prometheus_http_requests_total``): what a client
+        really sent, independent of the client's own bookkeeping."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("prometheus_http_requests_total{") and \
+                    f'handler="{handler}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
     def active_targets(self) -> list[dict[str, Any]]:
         with urllib.request.urlopen(f"{self.url}/api/v1/targets?state=active", timeout=10) as r:
             return list(json.load(r)["data"]["activeTargets"])

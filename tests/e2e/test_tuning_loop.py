@@ -1,10 +1,20 @@
 """The whole loop, as the demo runs it: control plane, Prometheus, operator, pod runner running
 the vLLM stand-in, load. K must go up while acceptance is high (code) and down after the
-traffic shifts to creative prose, each change a rolling restart of real local processes."""
+traffic shifts to creative prose, each change a rolling restart of real local processes.
+
+The assertions are about what can be observed whatever the tuner's policy: a change up was
+decided under the code workload, a later change down under creative prose, the pods really
+run each new K, and requests lost to the rolling restarts stay within what the load
+generator's retry rule allows (see ``max_errors_per_rollout``).
+"""
 
 from __future__ import annotations
 
+import calendar
+import itertools
 import json
+import math
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +24,23 @@ import yaml
 
 from specdecode_runtime.demo import NAME, NAMESPACE, LoadThread, Stack, demo_sdd
 from specdecode_runtime.loadgen import LoadGenerator
+from specdecode_runtime.localplane import LocalPlane
 
-from ..kube_helpers import get_json, wait_for
+from ..kube_helpers import events, get_json, wait_for
 
 pytestmark = pytest.mark.plane
 SHIFT_AT = 80.0
+CONCURRENCY = 24
+
+
+def max_errors_per_rollout(concurrency: int) -> int:
+    """Requests a rolling restart may fail. When the old pod stops, each worker loses at most
+    its one in-flight request, then keeps choosing among addresses whose /health answered in
+    the last second (LoadGenerator._ready caches it 1 s) and backs off 0.3 s per error: at
+    most 1 + ceil(1.0 / 0.3) = 5 errors per worker and rollout before the dead address drops
+    out. Measured on 2 shared cores: 9 errors over 2 rolling restarts (K 3 -> 6 -> 3, 1804
+    requests); the bound is the worst case of that rule, not a fit to one run."""
+    return concurrency * (1 + math.ceil(1.0 / 0.3))
 
 
 @pytest.fixture
@@ -44,13 +66,16 @@ def test_k_follows_the_workload_through_rolling_restarts(stack: Stack, tmp_path:
     epoch = time.time()
     doc = demo_sdd(epoch, SHIFT_AT, interval=5, window=30, cooldown=20)
     plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
-    load = LoadThread(LoadGenerator(stack.prometheus.targets_dir, {(NAMESPACE, NAME): 24}))
+    load = LoadThread(LoadGenerator(stack.prometheus.targets_dir,
+                                    {(NAMESPACE, NAME): CONCURRENCY}))
+    shift = epoch + SHIFT_AT
     try:
         wait_for("K 3 at start", lambda: current_k(stack) == 3, timeout=30)
-        # Code-heavy traffic: high acceptance at low load -> K goes up.
-        up = wait_for("K raised", lambda: (k := current_k(stack)) and k > 3 and k,
-                      timeout=SHIFT_AT - 5)
-        assert time.time() - epoch < SHIFT_AT, "K must rise before the shift"
+        # Code-heavy traffic: high acceptance at low load -> K goes up. The stand-in's
+        # workload turns to creative prose at the shift (a wall-clock schedule in the SDD), so
+        # the rise is only to be expected before it: wait for the event until then.
+        up = wait_for("K raised under the code workload", lambda: (
+            k := current_k(stack)) and k > 3 and k, timeout=max(1.0, shift - time.time()))
 
         def pods_at(k: int) -> list[dict]:
             pods = get_json(plane, "pods", "-n", NAMESPACE, "-l",
@@ -69,22 +94,44 @@ def test_k_follows_the_workload_through_rolling_restarts(stack: Stack, tmp_path:
         assert cfg["num_speculative_tokens"] == up
         wait_for("the K=3 pods gone", lambda: not pods_at(3), timeout=60)
 
-        # Creative prose: acceptance collapses -> K comes down.
+        # Creative prose: acceptance collapses -> K comes down (from wherever it went).
         down = wait_for("K lowered after the shift", lambda: (
-            k := current_k(stack)) and k < up and k, timeout=150)
-        assert time.time() - epoch > SHIFT_AT
+            k := current_k(stack)) and k < up and k, timeout=max(1.0, shift - time.time()) + 150)
         sdd = stack.sdd(NAMESPACE, NAME)
-        history = sdd["status"]["autotune"]["history"]
-        moves = [(h["from"], h["to"]) for h in history if h["from"] != h["to"]]
-        assert (moves[0] == (3, up) and moves[-1] == (up, down)) or moves[-1][1] == down
+        # The event is posted just after the status write that changed K: wait for it.
+        moves = wait_for(f"the DraftTokensChanged events up to K={down}", lambda: (
+            m := k_changes(plane)) and m[-1][1] == down and m, timeout=30)
+        # The path really went up, then down: a chain of changes starting at 3, the first up
+        # decided before the shift, a later one down decided after it, ending at the current K.
+        assert moves and moves[0][0] == 3 and moves[-1][1] == down, moves
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(moves)), moves  # a chain
+        first_up = next(i for i, m in enumerate(moves) if m[1] > m[0])
+        assert moves[first_up][2] < shift, (moves, shift)
+        assert any(m[1] < m[0] and m[2] >= shift for m in moves[first_up + 1:]), (moves, shift)
         rs = get_json(plane, "rs", "-n", NAMESPACE, "-l", f"specdecode.io/deployment={NAME}")
         ks = {r["spec"]["template"]["metadata"]["labels"]["specdecode.io/draft-tokens"]
               for r in rs["items"]}
         assert {"3", str(up), str(down)} <= ks          # one ReplicaSet per rollout
         assert sdd["metadata"]["generation"] == 1       # the user's spec never changed
         gen = load.gen.stats[(NAMESPACE, NAME)]
+        print(f"e2e: K path {[(a, b) for a, b, _ in moves]} in {time.monotonic() - t0:.0f}s; "
+              f"up at +{moves[first_up][2] - epoch:.0f}s (shift at +{SHIFT_AT:.0f}s); "
+              f"{gen.ok} requests, {gen.errors} failed over {len(moves)} rolling restarts "
+              f"(bound {max_errors_per_rollout(CONCURRENCY) * len(moves)})")
         assert gen.ok > 50
-        print(f"e2e: K 3 -> {up} -> {down} in {time.monotonic() - t0:.0f}s; "
-              f"{gen.ok} requests ({gen.errors} failed during restarts)")
+        assert gen.errors <= max_errors_per_rollout(CONCURRENCY) * len(moves), \
+            (gen.errors, len(moves))
     finally:
         load.stop()
+
+
+def k_changes(plane: LocalPlane) -> list[tuple[int, int, float]]:
+    """(from, to, time) of every K change, from the operator's DraftTokensChanged events
+    (status.autotune.history keeps only the last few decisions)."""
+    out = []
+    for e in events(plane, NAMESPACE, NAME):
+        m = re.search(r"K (\d+) -> (\d+|off)", e["message"])
+        if e["reason"] == "DraftTokensChanged" and m:
+            t = calendar.timegm(time.strptime(e["firstTimestamp"], "%Y-%m-%dT%H:%M:%SZ"))
+            out += [(int(m.group(1)), 0 if m.group(2) == "off" else int(m.group(2)), t)]
+    return sorted(out, key=lambda c: c[2])

@@ -23,6 +23,8 @@ from specdecode_runtime.localplane.binaries import locate
 from specdecode_runtime.localplane.process import Component, free_port
 from specdecode_runtime.operator_process import OperatorProcess
 
+from ..conftest import installed_crds, log_source, stand_in_crd
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "specdecode-operator"
 CRD_FILE = REPO / "crds" / "specdecode.io_specdecodedeployments.yaml"
@@ -76,25 +78,6 @@ def plane_helm(helm: Helm, plane: LocalPlane) -> Iterator[Helm]:
         plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
 
 
-def stand_in_crd(kind: str, plural: str) -> dict[str, Any]:
-    """A minimal prometheus-operator CRD: the plane has no prometheus-operator, only the API
-    group and kind matter here (any field is accepted)."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "names": {"kind": kind, "plural": plural, "listKind": f"{kind}List",
-                      "singular": kind.lower()},
-            "scope": "Namespaced",
-            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
-                "openAPIV3Schema": {"type": "object",
-                                    "x-kubernetes-preserve-unknown-fields": True}}}],
-        },
-    }
-
-
 MONITORING_KINDS = {"ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors",
                     "PrometheusRule": "prometheusrules"}
 
@@ -103,15 +86,8 @@ MONITORING_KINDS = {"ServiceMonitor": "servicemonitors", "PodMonitor": "podmonit
 def monitoring_crds(plane: LocalPlane) -> Iterator[LocalPlane]:
     """Stand-ins for the prometheus-operator CRDs the optional chart objects need. Those this
     fixture created are deleted afterwards: other modules expect a plane without them."""
-    names = [f"{plural}.monitoring.coreos.com" for plural in MONITORING_KINDS.values()]
-    existed = {n for n in names if plane.kubectl("get", "crd", n, check=False).returncode == 0}
-    plane.kubectl_apply([stand_in_crd(k, p) for k, p in MONITORING_KINDS.items()])
-    for name in names:
-        plane.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{name}")
-    yield plane
-    created = [n for n in names if n not in existed]
-    if created:
-        plane.kubectl("delete", "crd", *created, "--wait=true", "--timeout=60s", check=False)
+    with installed_crds(plane, [stand_in_crd(k, p) for k, p in MONITORING_KINDS.items()]):
+        yield plane
 
 
 def adopt_crd(plane: LocalPlane, release: str, namespace: str) -> None:
@@ -159,14 +135,6 @@ class ChartOperator(OperatorProcess):
 RUNNING: list[ChartOperator] = []
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    outcome = yield
-    rep = outcome.get_result()
-    if rep.failed and RUNNING:
-        rep.sections.append(("operator log (tail)", RUNNING[-1].log_tail(40)))
-
-
 @pytest.fixture
 def operators() -> Iterator[list[ChartOperator]]:
     """Operators a test starts (their log is attached to its failure report); stopped after.
@@ -180,7 +148,9 @@ def operators() -> Iterator[list[ChartOperator]]:
     for op in paused:
         op.stop()
     try:
-        yield RUNNING
+        with log_source("operators", "operator log (tail)",
+                        lambda: RUNNING[-1].log_tail(40) if RUNNING else "(none started)"):
+            yield RUNNING
     finally:
         for op in RUNNING:
             op.stop()

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,17 @@ from specdecode_runtime.localplane import LocalPlane
 from specdecode_runtime.operator_process import OperatorProcess
 from specdecode_runtime.prometheus import PrometheusServer
 
-from ..kube_helpers import apply, condition, events, get_json, sdd_doc, wait_for
+from ..conftest import solo_operator_for
+from ..kube_helpers import (
+    apply,
+    condition,
+    events,
+    get_json,
+    last_decision,
+    sdd_doc,
+    wait_for,
+    wait_next_decision,
+)
 from ..vllm_exporter import ExporterFleet, ExporterPod
 
 pytestmark = pytest.mark.plane
@@ -152,9 +163,9 @@ def test_recommend_mode_changes_status_only(
         s := get_json(plane, "sdd", "rec", "-n", namespace))
         and (s.get("status", {}).get("draftTokens") or {}).get("recommended", 3) > 3 and s,
         timeout=90)
-    time.sleep(6)  # another evaluation: still nothing applied
+    # Another evaluation (a later lastDecision), and still nothing applied.
+    sdd = wait_next_decision(plane, namespace, "rec", last_decision(sdd))
     assert deployed_k(plane, namespace, "rec") == 3
-    sdd = get_json(plane, "sdd", "rec", "-n", namespace)
     assert sdd["status"]["draftTokens"]["current"] == 3
     assert "Recommend mode" in sdd["status"]["autotune"]["lastDecision"]["reason"]
     reasons = {e["reason"] for e in events(plane, namespace, "rec")}
@@ -162,9 +173,21 @@ def test_recommend_mode_changes_status_only(
 
 
 def test_prometheus_down_sets_metrics_unavailable_and_keeps_k(
-    operator: OperatorProcess, plane: LocalPlane, namespace: str, fleet: ExporterFleet,
-    prometheus: PrometheusServer,
+    crds: LocalPlane, plane: LocalPlane, namespace: str, own_prometheus: PrometheusServer,
+    tmp_path: Path,
 ) -> None:
+    """Stops Prometheus: its own Prometheus, exporters and operator, never the session's."""
+    prometheus = own_prometheus
+    fleet = ExporterFleet(prometheus.targets_dir)
+    with solo_operator_for(plane, namespace, tmp_path / "op", prometheus.url) as operator:
+        try:
+            _prometheus_down(operator, plane, namespace, fleet, prometheus)
+        finally:
+            fleet.close()
+
+
+def _prometheus_down(operator: OperatorProcess, plane: LocalPlane, namespace: str,
+                     fleet: ExporterFleet, prometheus: PrometheusServer) -> None:
     apply(plane, sdd_doc("down", namespace, spec(evidence={"minDrafts": 10 ** 9,
                                                            "minRequests": 5})))
     fleet.add(ExporterPod(namespace, "down", 3, iid(0.9, 16)))
@@ -184,6 +207,7 @@ def test_prometheus_down_sets_metrics_unavailable_and_keeps_k(
         assert any(e["reason"] == "PrometheusUnavailable" and e["type"] == "Warning"
                    for e in events(plane, namespace, "down"))
         assert operator.comp is not None and operator.comp.alive
+        assert operator.reconcile_errors() == 0
     finally:
         prometheus.start()  # same port and data: the operator's URL stays valid
     wait_for("MetricsAvailable=True again", lambda: condition(
@@ -193,10 +217,15 @@ def test_prometheus_down_sets_metrics_unavailable_and_keeps_k(
 
 
 def test_queries_per_cycle_do_not_grow_with_the_number_of_sdds(
-    operator: OperatorProcess, plane: LocalPlane, namespace: str, fleet: ExporterFleet,
-    prometheus: PrometheusServer,
+    operator: OperatorProcess, plane: LocalPlane, namespace: str,
+    own_prometheus: PrometheusServer,
 ) -> None:
-    """One tuning cycle, run in-process against the real apiserver and Prometheus."""
+    """One tuning cycle, run in-process against the real apiserver and a Prometheus nobody
+    else queries: the queries counted are those Prometheus itself received (its own
+    prometheus_http_requests_total), not the client's bookkeeping."""
+    prometheus = own_prometheus
+    fleet = ExporterFleet(prometheus.targets_dir)
+
     async def one_cycle() -> tuple[int, int, float]:
         kube = Kube.from_env(str(plane.kubeconfig))
         try:
@@ -209,18 +238,26 @@ def test_queries_per_cycle_do_not_grow_with_the_number_of_sdds(
         finally:
             await kube.close()
 
-    measured = {}
-    for n in (1, 25):
-        for i in range(n):
-            apply(plane, sdd_doc(f"q{i}", namespace, spec("Recommend")))
-            if i >= len(fleet.pods):
-                fleet.add(ExporterPod(namespace, f"q{i}", 3, iid(0.8, 16)))
-        # The tuner judges the K that runs: wait until the operator has reconciled each.
-        for i in range(n):
-            wait_for(f"q{i} reconciled", lambda i=i: (get_json(
-                plane, "sdd", f"q{i}", "-n", namespace).get("status") or {}).get("draftTokens"))
-        evaluated, queries, seconds = asyncio.run(one_cycle())
-        assert evaluated == n
-        measured[n] = (queries, seconds)
-    print(f"queries per cycle: {measured}")
-    assert measured[1][0] == measured[25][0] == 7
+    measured: dict[int, tuple[float, int, float]] = {}
+    try:
+        for n in (1, 25):
+            for i in range(n):
+                apply(plane, sdd_doc(f"q{i}", namespace, spec("Recommend")))
+                if i >= len(fleet.pods):
+                    fleet.add(ExporterPod(namespace, f"q{i}", 3, iid(0.8, 16)))
+            # The tuner judges the K that runs: wait until the operator has reconciled each.
+            for i in range(n):
+                wait_for(f"q{i} reconciled", lambda i=i: (get_json(
+                    plane, "sdd", f"q{i}", "-n", namespace).get("status") or {}
+                ).get("draftTokens"))
+            before = prometheus.api_requests()
+            evaluated, reported, seconds = asyncio.run(one_cycle())
+            received = prometheus.api_requests() - before
+            assert evaluated == n
+            assert received == reported, (received, reported)  # its own count is honest
+            measured[n] = (received, reported, seconds)
+    finally:
+        fleet.close()
+    print(f"queries Prometheus received per cycle (received, reported, s): {measured}")
+    assert measured[1][0] > 0
+    assert measured[1][0] == measured[25][0]

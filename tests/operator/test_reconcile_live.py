@@ -4,7 +4,6 @@ scale, delete, restart, and problems the schema cannot catch."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,9 @@ import pytest
 import yaml
 
 from specdecode_runtime.localplane import LocalPlane
-from specdecode_runtime.operator_process import OPERATOR_USER, OperatorProcess, utc_now, wait_quiet
+from specdecode_runtime.operator_process import OperatorProcess, utc_now, wait_quiet
 
+from ..conftest import installed_crds, stand_in_crd
 from ..kube_helpers import apply, condition, events, get_json, get_or_none, sdd_doc, wait_for
 
 pytestmark = pytest.mark.plane
@@ -239,44 +239,53 @@ def test_operator_never_writes_the_user_object(operator: OperatorProcess, plane:
 
 
 def test_no_op_reconcile_and_restart_make_zero_writes(
-    operator: OperatorProcess, plane: LocalPlane, namespace: str
+    solo_operator: OperatorProcess, plane: LocalPlane, namespace: str
 ) -> None:
+    """Reconciles that find nothing to do write nothing, and none of them failed: "zero
+    writes" must not be what every reconcile raising looks like. The operator here watches
+    only this namespace, so its counters count this test's objects, not other tests'."""
+    operator, n = solo_operator, len(EXPECTED_ARGS)
     for i, example in enumerate(sorted(EXPECTED_ARGS)):
         doc = yaml.safe_load((EXAMPLES / example).read_text())
         doc["metadata"]["name"] = f"quiet-{i}"
         apply(plane, doc, "-n", namespace)
-    for i in range(len(EXPECTED_ARGS)):
+    for i in range(n):
         wait_ready(plane, namespace, f"quiet-{i}")
-        # The autotuner's first evaluation (no Prometheus here) is a real change too.
+        # The autotuner's first evaluation (no metrics for these pods) is a real change too.
         wait_for("MetricsAvailable reported", lambda i=i: condition(
             get_json(plane, "sdd", f"quiet-{i}", "-n", namespace), "MetricsAvailable"))
     wait_quiet(operator)
     # The audit log does see this operator's writes (creating the children above).
-    created = [w for w in plane.audit_writes(OPERATOR_USER)
+    created = [w for w in plane.audit_writes(operator.username)
                if w["objectRef"].get("namespace") == namespace]
     assert {w["objectRef"]["resource"] for w in created} >= {
         "deployments", "services", "poddisruptionbudgets", "specdecodedeployments", "events"}
+    assert operator.reconcile_errors() == 0
 
-    # 1. Triggers that change nothing: a label on the SDD and periodic resyncs.
+    # 1. Triggers that change nothing: a label on the SDD (one reconcile of quiet-0) and a
+    # periodic resync (one of each SDD; SPECDECODE_RESYNC_SECONDS=10).
     since = utc_now()
     before = operator.reconciles()
     plane.kubectl("label", "sdd", "quiet-0", "-n", namespace, "touched=yes")
-    operator.wait_reconciles(before + 1)
-    operator.wait_reconciles(before + len(EXPECTED_ARGS), timeout=30)  # a resync round
+    operator.wait_reconciles(before + 1 + n, timeout=30)
     wait_quiet(operator)
-    writes = [w for w in plane.audit_writes(OPERATOR_USER, since)
+    writes = [w for w in plane.audit_writes(operator.username, since)
               if w["objectRef"].get("namespace") == namespace]
     assert writes == [], [(w["verb"], w["requestURI"]) for w in writes]
+    assert operator.reconcile_errors() == 0
+    operator.assert_no_errors()
 
     # 2. Restart: the new process reconciles every object and writes nothing.
     operator.restart()
     since = utc_now()
-    operator.wait_reconciles(len(EXPECTED_ARGS))
+    operator.wait_reconciles(n)
     wait_quiet(operator)
-    writes = [w for w in plane.audit_writes(OPERATOR_USER, since)
+    writes = [w for w in plane.audit_writes(operator.username, since)
               if w["objectRef"].get("namespace") == namespace]
     assert writes == [], [(w["verb"], w["requestURI"]) for w in writes]
-    print(f"no-op reconciles: {operator.reconciles():.0f} after restart, 0 writes")
+    assert operator.reconcile_errors() == 0
+    operator.assert_no_errors()
+    print(f"no-op reconciles: {operator.reconciles():.0f} after restart, 0 writes, 0 errors")
 
 
 def test_pod_monitor_is_created_once_its_crd_exists(
@@ -285,27 +294,46 @@ def test_pod_monitor_is_created_once_its_crd_exists(
     apply(plane, sdd_doc("mon", namespace, BASIC))
     wait_ready(plane, namespace, "mon")
     assert plane.kubectl("get", "podmonitors", "-n", namespace, check=False).returncode != 0
-    plane.kubectl_apply([POD_MONITOR_CRD])
-    plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                  "crd/podmonitors.monitoring.coreos.com")
-    time.sleep(2.5)  # the operator's discovery cache (SPECDECODE_DISCOVERY_TTL=2)
-    plane.kubectl("label", "sdd", "mon", "-n", namespace, "poke=1")
-    pm = wait_for("PodMonitor", lambda: get_or_none(plane, "podmonitor", "mon", "-n", namespace))
-    assert pm["spec"]["selector"] == {"matchLabels": {"specdecode.io/deployment": "mon"}}
-    assert pm["metadata"]["ownerReferences"][0]["kind"] == "SpecDecodeDeployment"
+    # The stand-in CRD is removed at the end: other tests expect a plane without it.
+    with installed_crds(plane, [stand_in_crd("PodMonitor", "podmonitors")]):
+        pokes = iter(range(1, 10_000))
+
+        def pod_monitor() -> dict[str, Any] | None:
+            # A reconcile after the operator's discovery cache expired creates it
+            # (SPECDECODE_DISCOVERY_TTL=2): trigger one per poll until one does.
+            plane.kubectl("label", "--overwrite", "sdd", "mon", "-n", namespace,
+                          f"poke={next(pokes)}")
+            return get_or_none(plane, "podmonitor", "mon", "-n", namespace)
+
+        pm = wait_for("PodMonitor", pod_monitor)
+        assert pm["spec"]["selector"] == {"matchLabels": {"specdecode.io/deployment": "mon"}}
+        assert pm["metadata"]["ownerReferences"][0]["kind"] == "SpecDecodeDeployment"
+        plane.kubectl("delete", "sdd", "mon", "-n", namespace)
 
 
-# A minimal stand-in for the prometheus-operator CRD: only its existence matters here.
-POD_MONITOR_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "names": {"kind": "PodMonitor", "plural": "podmonitors", "listKind": "PodMonitorList",
-                  "singular": "podmonitor"},
-        "scope": "Namespaced",
-        "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
-            "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-    },
-}
+def test_a_rejected_child_apply_is_degraded_apply_failed_and_recovers(
+    operator: OperatorProcess, plane: LocalPlane, namespace: str
+) -> None:
+    """The apiserver refuses one child (a ResourceQuota allowing no Services): the failure is
+    reported (Degraded=ApplyFailed, with the apiserver's words), the other children are still
+    applied, and once the quota goes the Service is created and the condition clears."""
+    plane.kubectl_apply([{"apiVersion": "v1", "kind": "ResourceQuota",
+                          "metadata": {"name": "no-services", "namespace": namespace},
+                          "spec": {"hard": {"services": "0"}}}])
+    apply(plane, sdd_doc("quota", namespace, BASIC))
+    sdd = wait_for("Degraded=ApplyFailed", lambda: (
+        s := get_or_none(plane, "sdd", "quota", "-n", namespace))
+        and condition(s, "Degraded").get("reason") == "ApplyFailed" and s, timeout=45)
+    msg = condition(sdd, "Degraded")["message"]
+    assert msg.startswith("applying Service quota:") and "quota" in msg, msg
+    assert condition(sdd, "Degraded")["status"] == "True"
+    assert get_or_none(plane, "service", "quota", "-n", namespace) is None
+    deployment(plane, namespace, "quota")  # the other children are applied regardless
+    assert operator.comp is not None and operator.comp.alive
+
+    plane.kubectl("delete", "resourcequota", "no-services", "-n", namespace)
+    wait_for("Service created once allowed", lambda: get_or_none(
+        plane, "service", "quota", "-n", namespace), timeout=45)
+    wait_for("Degraded cleared", lambda: condition(
+        get_json(plane, "sdd", "quota", "-n", namespace), "Degraded").get("status") == "False",
+        timeout=45)

@@ -9,8 +9,6 @@ run ``fake_vllm.py`` as the pod's own command.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,23 +18,22 @@ import pytest
 from specdecode_runtime.localplane import GPUNodePool, LocalPlane
 from specdecode_runtime.podrunner import PodRunnerProcess
 
+from ..conftest import fresh_namespace, log_source, namespace_name
+
 HERE = Path(__file__).resolve().parent
 FAKE_VLLM = [sys.executable, str(HERE / "fake_vllm.py")]
 SIM = Path(sys.executable).parent / "specdecode-sim"
 RUNNER_NODE = "gpu-node-0"
 OTHER_NODE = "gpu-node-1"
 
-_STATE: dict[str, object] = {}
-
 
 @pytest.fixture(scope="session")
 def rplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlane]:
     p = LocalPlane(workdir=tmp_path_factory.mktemp("runner-plane"), runner_pods=True,
                    nodes=GPUNodePool(count=2, gpus_per_node=8))
-    with p:
-        _STATE["plane"] = p
+    with p, log_source("rplane", "runner plane component logs (tail)",
+                       lambda: p.log_tails(15)):
         yield p
-    _STATE.pop("plane", None)
 
 
 @pytest.fixture(scope="session")
@@ -52,30 +49,11 @@ def runner(rplane: LocalPlane, tmp_path_factory: pytest.TempPathFactory
         extra_args=[f"--node={RUNNER_NODE}", "--backoff-base=0.5", "--max-grace=10",
                     "--log-level=DEBUG"],
     )
-    with r:
-        _STATE["runner"] = r
+    with r, log_source("runner", "pod runner log (tail)", lambda: r.log_tail(80)):
         yield r
-    _STATE.pop("runner", None)
 
 
 @pytest.fixture
 def rns(rplane: LocalPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:30].strip("-")
-    name = f"r-{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]}"
-    rplane.kubectl("create", "namespace", name)
-    yield name
-    rplane.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    outcome = yield
-    rep = outcome.get_result()
-    if not rep.failed:
-        return
-    runner = _STATE.get("runner")
-    if isinstance(runner, PodRunnerProcess) and "runner" in getattr(item, "fixturenames", ()):
-        rep.sections.append(("pod runner log (tail)", runner.log_tail(80)))
-    plane = _STATE.get("plane")
-    if isinstance(plane, LocalPlane) and "rplane" in getattr(item, "fixturenames", ()):
-        rep.sections.append(("runner plane component logs (tail)", plane.log_tails(15)))
+    with fresh_namespace(rplane, namespace_name("r", request, 30)) as name:
+        yield name

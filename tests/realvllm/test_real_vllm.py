@@ -19,14 +19,20 @@ from typing import Any
 
 import pytest
 
-from specdecode_operator.autotune.policy import Settings, State, Window, decide
-from specdecode_operator.render import defaulted_spec
 from specdecode_runtime.localplane import LocalPlane
 from specdecode_runtime.operator_process import OperatorProcess
 from specdecode_runtime.podrunner import PodRunnerProcess
 from specdecode_runtime.prometheus import PrometheusServer
 
-from ..kube_helpers import apply, condition, events, get_json, sdd_doc, wait_for
+from ..kube_helpers import (
+    apply,
+    condition,
+    events,
+    get_json,
+    sdd_doc,
+    wait_for,
+    wait_next_decision,
+)
 from .conftest import TinyModels
 from .vllm_client import Counters, Traffic, counters, get
 
@@ -121,9 +127,12 @@ def prom_spec_series(prometheus: PrometheusServer, ns: str, sdd: str, k: int
 
 
 def assert_prometheus_has_real_series(prometheus: PrometheusServer, ns: str, sdd: str,
-                                      pod: str, k: int) -> None:
+                                      pod: str, k: int) -> float:
+    """Prometheus has the pod's spec-decode series; returns the time they were first seen
+    (no earlier than their first sample)."""
     series = wait_for(f"Prometheus scraping {pod}'s spec-decode counters", lambda: (
         s := prom_spec_series(prometheus, ns, sdd, k)) and len(s) == 3 + k and s, timeout=30)
+    seen = time.time()
     names = sorted((m["__name__"], m.get("position", "")) for m in series)
     assert names == sorted(
         [("vllm:spec_decode_num_drafts_total", ""),
@@ -132,6 +141,9 @@ def assert_prometheus_has_real_series(prometheus: PrometheusServer, ns: str, sdd
         + [("vllm:spec_decode_num_accepted_tokens_per_pos_total", str(i)) for i in range(k)])
     for m in series:  # the pod runner's target labels next to vLLM's own
         assert (m["pod"], m["model_name"], m["engine"]) == (pod, SERVED, "0"), m
+    return seen
+
+
 
 
 def assert_prometheus_matches(prometheus: PrometheusServer, ns: str, sdd: str, k: int,
@@ -166,6 +178,16 @@ class Decisions:
         return [d["reason"] for d in self.seen]
 
 
+WINDOW_SECONDS = 30  # sdd_spec's autotune.windowSeconds
+
+
+def start_traffic_after_a_full_window(series_seen: float, port: int) -> Traffic:
+    """Start the traffic once the pod's series has existed longer than the tuner's window:
+    every window a decision reads then begins after the series' first sample."""
+    time.sleep(max(0.0, series_seen + WINDOW_SECONDS + 1 - time.time()))
+    return Traffic(port, SERVED).start()
+
+
 def past_the_gate(sdd: dict[str, Any], k: int) -> bool:
     last = ((sdd.get("status") or {}).get("autotune") or {}).get("lastDecision") or {}
     return (condition(sdd, "MetricsAvailable").get("status") == "True"
@@ -188,10 +210,14 @@ def assert_acceptance_from(sdd: dict[str, Any], c: Counters, k: int) -> None:
     msg = condition(sdd, "MetricsAvailable")["message"]
     m = re.fullmatch(rf"(\d+) drafts, (\d+) requests at K={k} in 30s", msg)
     assert m, msg
-    # increase() over 30 s: at least the evidence gate, and not far above what vLLM counted.
-    # Prometheus extrapolates increase() to the window's edges; for a series that began inside
-    # the window (a new pod) that can add a good fraction of the window (seen: +22%).
-    assert 500 <= int(m.group(1)) <= 1.5 * c.drafts, (msg, c)
+    # increase() over 30 s: at least the evidence gate, and not above what vLLM counted by
+    # more than Prometheus' extrapolation. The traffic starts only once the series is older
+    # than the window (start_traffic_after_a_full_window), so the window never holds the
+    # series' start, where increase() extrapolates a whole gap (seen: +22%). At the edges it
+    # extrapolates at most 1.1 mean scrape intervals each (Prometheus' extrapolatedRate):
+    # 2 x 1.1 x 1 s of a 30 s window = +7.3% at the configured 1 s scrape; 1.15 allows scrapes
+    # stretched to 2 s by a loaded machine.
+    assert 500 <= int(m.group(1)) <= 1.15 * c.drafts, (msg, c)
 
 
 def test_goodput_reads_real_acceptance_and_keeps_k(
@@ -209,7 +235,7 @@ def test_goodput_reads_real_acceptance_and_keeps_k(
     port = state["port"]
     targets = json.loads((prometheus.targets_dir / f"{ns}_{pod_name}.json").read_text())
     assert targets[0]["targets"] == [f"127.0.0.1:{port}"]
-    assert_prometheus_has_real_series(prometheus, ns, name, pod_name, 3)
+    series_seen = assert_prometheus_has_real_series(prometheus, ns, name, pod_name, 3)
     assert counters(port).drafts == 0  # a fresh server: every draft below is from our traffic
 
     # Real series at zero: the operator sees them and waits for evidence.
@@ -219,7 +245,7 @@ def test_goodput_reads_real_acceptance_and_keeps_k(
         and s["status"]["autotune"]["lastDecision"]["reason"].startswith(
             "evidence gate: 0/500 drafts") and s, timeout=60)
     assert idle["status"]["draftTokens"]["current"] == 3
-    traffic = Traffic(port, SERVED).start()
+    traffic = start_traffic_after_a_full_window(series_seen, port)
     try:
         sdd = wait_for("a goodput decision on real metrics", lambda: (
             s := decisions.poll()) and past_the_gate(s, 3) and s, timeout=180)
@@ -233,28 +259,26 @@ def test_goodput_reads_real_acceptance_and_keeps_k(
     assert_prometheus_matches(prometheus, ns, name, 3, real)
     assert_acceptance_from(sdd, real, 3)
 
-    # The decision is the goodput policy's on the real counters.
+    # The decision follows the goodput policy's published rule (docs/autotuner.md): change
+    # only if the lower confidence bound of the best alternative's predicted gain beats
+    # minGain + restartCostSeconds / 2 h. With the documented defaults (docs/api.md:
+    # minGain 0.02, restartCostSeconds 300) the hurdle is 0.02 + 300/7200 = 6.2%, by hand.
+    # (Which K the step-cost model predicts best on a CPU is the model's business, not
+    # something this test can know independently: it checks the rule, not the model.)
     last = sdd["status"]["autotune"]["lastDecision"]
     assert (last["policy"], last["from"]) == ("goodput", 3)
-    window = Window(k=3, seconds=30, drafts=real.drafts, draft_tokens=real.draft_tokens,
-                    accepted=real.accepted, accepted_per_pos=real.per_pos,
-                    generation_tokens=real.generation_tokens, requests=real.requests,
-                    load=((1.0, 1.0),))
-    expected = decide(Settings.from_spec(defaulted_spec(sdd["spec"])), State(), window,
-                      now=time.time())
-    assert last["recommended"] == expected.recommended, (last, expected.reason)
-    # On this drafter the default (H200) step-cost profile finds no K worth a restart.
-    assert expected.recommended == 3, expected.reason
-    m = re.match(r"K 3 kept: best alternative K (\d+) predicts ([+-][\d.]+)%", last["reason"])
-    want = re.match(r"K 3 kept: best alternative K (\d+) predicts ([+-][\d.]+)%",
-                    expected.reason)
-    assert m and want, (last["reason"], expected.reason)
-    assert m.group(1) == want.group(1), (last["reason"], expected.reason)
-    assert abs(float(m.group(2)) - float(want.group(2))) <= 1.0, (last, expected.reason)
+    hurdle = 0.02 + 300 / 7200
+    m = re.match(r"K 3 kept: best alternative K (\d+) predicts ([+-][\d.]+)% "
+                 r"\(lower bound ([+-][\d.]+)%\), below the ([\d.]+)% hurdle", last["reason"])
+    assert m, last["reason"]
+    assert float(m.group(4)) == round(100 * hurdle, 1), last["reason"]
+    assert float(m.group(3)) <= float(m.group(4)), last["reason"]  # kept: below the hurdle
+    assert float(m.group(3)) <= float(m.group(2)), last["reason"]  # a lower bound
+    assert last["recommended"] == 3
 
-    # Kept: no change, no rollout; the same real process still serves.
-    time.sleep(6)  # at least one more evaluation
-    sdd = decisions.poll()
+    # Kept: no change, no rollout; the same real process still serves. Another evaluation
+    # (a later decision) must have happened to show it.
+    sdd = wait_next_decision(plane, ns, name, last)
     assert sdd["status"]["draftTokens"]["current"] == 3 and deployed_k(plane, ns, name) == 3
     assert not [e for e in events(plane, ns, name) if e["reason"] == "DraftTokensChanged"]
     assert rv_runner.pod_state(ns, pod_name)["pid"] == state["pid"]
@@ -269,9 +293,11 @@ def test_threshold_lowers_k_on_real_acceptance_and_vllm_restarts_at_the_new_k(
     pod3, state3 = wait_ready_pod(plane, rv_runner, ns, name, 3)
     assert_real_vllm(pod3, state3, tiny_models, 3)
     port3 = state3["port"]
+    series3 = assert_prometheus_has_real_series(prometheus, ns, name,
+                                                pod3["metadata"]["name"], 3)
 
     decisions = Decisions(plane, ns, name)
-    traffic = Traffic(port3, SERVED).start()
+    traffic = start_traffic_after_a_full_window(series3, port3)
     try:
         sdd = wait_for("the autotuner to change K on real metrics", lambda: (
             s := decisions.poll()) and s["status"].get("draftTokens", {}).get("current", 3)
@@ -311,9 +337,10 @@ def test_threshold_lowers_k_on_real_acceptance_and_vllm_restarts_at_the_new_k(
     wait_for("the K=3 vLLM process to exit", old_process_gone, timeout=60)
     assert not (prometheus.targets_dir / f"{ns}_{pod3['metadata']['name']}.json").exists()
 
-    traffic = Traffic(port1, SERVED).start()
+    series1 = assert_prometheus_has_real_series(prometheus, ns, name,
+                                                pod1["metadata"]["name"], 1)
+    traffic = start_traffic_after_a_full_window(series1, port1)
     try:
-        assert_prometheus_has_real_series(prometheus, ns, name, pod1["metadata"]["name"], 1)
         sdd = wait_for("a decision on the K=1 metrics", lambda: (
             s := decisions.poll()) and past_the_gate(s, 1) and s, timeout=120)
     finally:

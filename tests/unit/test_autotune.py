@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -240,7 +239,7 @@ def _noisy_window(rng: random.Random, s: tuple[float, ...], k: int, drafts: int)
 @settings(max_examples=12, deadline=None)
 @given(a=st.floats(0.4, 0.9), seed=st.integers(0, 10_000))
 def test_no_flapping_under_noise_with_a_stationary_workload(a: float, seed: int) -> None:
-    """Same true acceptance all day, noisy windows every 10 minutes: at most one change,
+    """Same true acceptance all day, noisy windows every 10 minutes: at most two changes,
     and never back and forth."""
     rng = random.Random(seed)
     truth = iid(a, 16)
@@ -264,4 +263,5 @@ def test_state_survives_a_round_trip_of_decisions() -> None:
     assert d.state.last_change == NOW and d.state.changes[-1] == NOW
     again = decide(s, d.state, window(iid(0.9, 16), k=d.k_to), now=NOW + 60)
     assert not again.changed
-    assert replace(d.state) == d.state
+    # The first decision's change is still in the state the second one returns.
+    assert again.state.last_change == NOW and again.state.changes == d.state.changes

@@ -249,6 +249,7 @@ class LocalPlane(StartStop):
         if not self.controllers:
             disabled.append("TaintNodesByCondition")
         args.append(f"--disable-admission-plugins={','.join(disabled)}")
+        args.append("--enable-admission-plugins=OwnerReferencesPermissionEnforcement")
         api = self._component("kube-apiserver", args, ports=[self.apiserver_port])
         ctx = self.ssl_context()
 
