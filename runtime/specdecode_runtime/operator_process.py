@@ -35,6 +35,9 @@ CHART_USER = f"system:serviceaccount:{CHART_NAMESPACE}:{CHART_SERVICE_ACCOUNT}"
 RBAC_KINDS = ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
               "RoleBinding")
 Verb = tuple[str, str, str]  # (apiGroup, resource, verb); "" is the core group
+# The chart and its rendered manifests come from the checkout: running the operator under
+# the chart's RBAC is a test-harness feature (the CRD itself comes from the package).
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
