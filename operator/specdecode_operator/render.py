@@ -9,7 +9,7 @@ import hashlib
 import json
 from typing import Any
 
-from . import crd
+from . import crd, names
 from .crd import schema_defaults
 
 MANAGER = "specdecode-operator"
@@ -68,17 +68,25 @@ def vllm_args(spec: dict[str, Any], k: int | None) -> list[str]:
 
 
 def selector_labels(name: str) -> dict[str, str]:
-    return {LABEL_SDD: name}
+    """Labels selecting the pods of SDD ``name`` (always a valid label value, see names)."""
+    return {LABEL_SDD: names.label_value(name)}
 
 
 def common_labels(name: str) -> dict[str, str]:
+    value = names.label_value(name)
     return {
         "app.kubernetes.io/name": "vllm",
-        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/instance": value,
         "app.kubernetes.io/component": "inference-server",
         "app.kubernetes.io/managed-by": MANAGER,
-        LABEL_SDD: name,
+        LABEL_SDD: value,
     }
+
+
+def name_annotations(name: str) -> dict[str, str]:
+    """The full SDD name, on children and pods whose names or labels carry a short form only
+    (absent otherwise, so objects of names that always fitted render as before)."""
+    return {names.ANNOTATION_NAME: name} if names.is_derived(name) else {}
 
 
 def owner_reference(sdd: dict[str, Any]) -> dict[str, Any]:
@@ -92,11 +100,17 @@ def owner_reference(sdd: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def child_metadata(sdd: dict[str, Any]) -> dict[str, Any]:
-    """Every owned object has the SDD's name and namespace, its labels and its owner."""
+def child_metadata(sdd: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Every owned object is named from the SDD (names.child_name / service_name), in its
+    namespace, with its labels and its owner."""
     name = sdd["metadata"]["name"]
-    return {"name": name, "namespace": sdd["metadata"]["namespace"],
-            "labels": common_labels(name), "ownerReferences": [owner_reference(sdd)]}
+    child = names.service_name(name) if kind == "Service" else names.child_name(name)
+    meta: dict[str, Any] = {"name": child, "namespace": sdd["metadata"]["namespace"],
+                            "labels": common_labels(name),
+                            "ownerReferences": [owner_reference(sdd)]}
+    if ann := name_annotations(name):
+        meta["annotations"] = ann
+    return meta
 
 
 def _gpu_count(spec: dict[str, Any]) -> int:
@@ -183,6 +197,7 @@ def deployment(sdd: dict[str, Any], spec: dict[str, Any], k: int | None) -> dict
     port = spec["service"]["port"]
     pod_annotations = {
         **user_meta.get("annotations", {}),
+        **name_annotations(name),
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(port),
         "prometheus.io/path": "/metrics",
@@ -213,7 +228,7 @@ def deployment(sdd: dict[str, Any], spec: dict[str, Any], k: int | None) -> dict
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": child_metadata(sdd),
+        "metadata": child_metadata(sdd, "Deployment"),
         "spec": {
             "replicas": spec["replicas"],
             "selector": {"matchLabels": selector_labels(name)},
@@ -236,7 +251,7 @@ def service(sdd: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": child_metadata(sdd),
+        "metadata": child_metadata(sdd, "Service"),
         "spec": {
             "type": svc["type"],
             "selector": selector_labels(name),
@@ -254,7 +269,7 @@ def pod_disruption_budget(sdd: dict[str, Any], spec: dict[str, Any]) -> dict[str
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": child_metadata(sdd),
+        "metadata": child_metadata(sdd, "PodDisruptionBudget"),
         "spec": {"maxUnavailable": budget["maxUnavailable"],
                  "selector": {"matchLabels": selector_labels(name)}},
     }
@@ -265,7 +280,7 @@ def pod_monitor(sdd: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
-        "metadata": child_metadata(sdd),
+        "metadata": child_metadata(sdd, "PodMonitor"),
         "spec": {
             "selector": {"matchLabels": selector_labels(name)},
             "podMetricsEndpoints": [{
@@ -274,6 +289,10 @@ def pod_monitor(sdd: dict[str, Any]) -> dict[str, Any]:
                 "relabelings": [
                     {"sourceLabels": [f"__meta_kubernetes_pod_label_{_prom(LABEL_SDD)}"],
                      "targetLabel": "sdd"},
+                    # A long name's pods carry a short label; the full name is annotated.
+                    {"sourceLabels": [
+                        f"__meta_kubernetes_pod_annotation_{_prom(names.ANNOTATION_NAME)}"],
+                     "regex": "(.+)", "targetLabel": "sdd"},
                     {"sourceLabels": [f"__meta_kubernetes_pod_label_{_prom(LABEL_K)}"],
                      "targetLabel": "draft_tokens"},
                 ],
