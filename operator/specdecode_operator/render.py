@@ -9,7 +9,7 @@ import hashlib
 import json
 from typing import Any
 
-from . import crd, names
+from . import crd, names, vllm_flags
 from .crd import schema_defaults
 
 MANAGER = "specdecode-operator"
@@ -47,8 +47,28 @@ def speculative_config(spec: dict[str, Any], k: int) -> dict[str, Any]:
     return cfg
 
 
+class InvalidSpec(ValueError):
+    """A spec the CRD's validation should have refused (an older CRD, or a hand-made object):
+    rendering it would hand vLLM flags that override what the operator renders."""
+
+
+def check_args(spec: dict[str, Any]) -> None:
+    """Defence in depth behind the CRD's CEL rules: the same checks, from the same source."""
+    problems = vllm_flags.problems(list(spec.get("engineArgs", [])))
+    names_ = {"model.name": spec["model"].get("name"),
+              "model.servedName": spec["model"].get("servedName"),
+              "model.revision": spec["model"].get("revision"),
+              "drafter.model": (spec.get("drafter") or {}).get("model"),
+              "drafter.revision": (spec.get("drafter") or {}).get("revision")}
+    problems += [f"{field} must not start with '-': vLLM would read it as a flag"
+                 for field, value in names_.items() if str(value or "").startswith("-")]
+    if problems:
+        raise InvalidSpec("; ".join(problems))
+
+
 def vllm_args(spec: dict[str, Any], k: int | None) -> list[str]:
     """Arguments after ``vllm serve``."""
+    check_args(spec)
     model = spec["model"]
     args = [
         model["name"],
