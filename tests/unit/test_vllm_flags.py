@@ -17,7 +17,7 @@ from specdecode_operator.render import InvalidSpec, check_args
 OPTS = vllm_flags.options()
 # Every spelling issue 11 found reaching vLLM 0.32.0 (checked there with vLLM's own parser).
 ISSUE_SPELLINGS = [
-    ("--speculative_config={}", "--speculative-config"),
+    ('--speculative_config={"method":"ngram"}', "--speculative-config"),
     ("--tensor_parallel_size", "--tensor-parallel-size"),
     ("--disable_log_stats", "--disable-log-stats"),
     ("--speculative-conf", "--speculative-config"),
