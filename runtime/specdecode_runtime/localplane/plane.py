@@ -233,7 +233,8 @@ class LocalPlane(StartStop):
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={p.sa_pub}",
             f"--service-account-signing-key-file={p.sa_key}",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            # A /16: room for thousands of Services (a /24 held ~250; scale runs need more).
+            "--service-cluster-ip-range=10.0.0.0/16",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
             "--profiling=false",
