@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .autotune.tuning_status import TUNER_CONDITION, TUNER_KEYS
 from .render import LABEL_SDD
 
 
@@ -110,7 +109,7 @@ def status(
     sdd: dict[str, Any], *, desired_replicas: int, k: int | None, initial_k: int | None,
     obs: Observed, now: str,
 ) -> dict[str, Any]:
-    """The status the operator owns (a full replacement of its fields)."""
+    """The reconciler's status fields (see ``api``): the whole set it applies."""
     old = sdd.get("status") or {}
     st = (obs.deployment or {}).get("status") or {}
     name = sdd["metadata"]["name"]
@@ -129,23 +128,3 @@ def status(
             dt["initial"] = initial_k
         out["draftTokens"] = dt
     return out
-
-
-def with_tuner_fields(computed: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any]:
-    """The reconcile's status plus what the autotuner last wrote (kept as it is)."""
-    live = live or {}
-    out = dict(computed)
-    for k in TUNER_KEYS:
-        if k in live:
-            out[k] = live[k]
-    rec = (live.get("draftTokens") or {}).get("recommended")
-    if rec is not None and "draftTokens" in out:
-        out["draftTokens"] = {**out["draftTokens"], "recommended": rec}
-    tuner_cond = [c for c in live.get("conditions") or [] if c.get("type") == TUNER_CONDITION]
-    out["conditions"] = [*out["conditions"], *tuner_cond]
-    return out
-
-
-def differs(computed: dict[str, Any], live: dict[str, Any] | None) -> bool:
-    """True when applying ``computed`` (the whole status the operator owns) changes it."""
-    return computed != (live or {})

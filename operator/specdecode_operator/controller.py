@@ -17,7 +17,7 @@ from typing import Any
 
 from lightkube import ApiError
 
-from . import conditions, draft_tokens, metrics
+from . import api, conditions, draft_tokens, metrics
 from .kube import Kube
 from .reconcile import needs_apply
 from .render import LABEL_SDD, defaulted_spec, render
@@ -35,9 +35,9 @@ def _now() -> str:
 @dataclass
 class Controller:
     kube: Kube
+    # At most one reconcile per object runs (the tuner writes only its own status fields,
+    # so it needs no lock with the reconciler).
     _running: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
-    # Reconciles and tuning evaluations of one object never interleave: both write status.
-    _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     _again: set[Key] = field(default_factory=set)
     _pod_monitor: tuple[float, bool] = (0.0, False)
 
@@ -64,19 +64,14 @@ class Controller:
         while self._running:
             await asyncio.gather(*list(self._running.values()), return_exceptions=True)
 
-    def lock(self, namespace: str, name: str) -> asyncio.Lock:
-        return self._locks.setdefault((namespace, name), asyncio.Lock())
-
     # ---- one pass ------------------------------------------------------------------------
     async def reconcile_key(self, namespace: str, name: str) -> None:
         t0 = time.monotonic()
         try:
-            async with self.lock(namespace, name):
-                sdd = await self.kube.get_sdd(namespace, name)
-                if sdd is None:  # deleted: garbage collection removes the children
-                    self._locks.pop((namespace, name), None)
-                    return
-                await self.reconcile(sdd)
+            sdd = await self.kube.get_sdd(namespace, name)
+            if sdd is None:  # deleted: garbage collection removes the children
+                return
+            await self.reconcile(sdd)
         except Exception:
             metrics.RECONCILE_ERRORS.inc()
             log.exception("reconcile of %s/%s failed", namespace, name)
@@ -96,6 +91,12 @@ class Controller:
         ns, name = meta["namespace"], meta["name"]
         if meta.get("deletionTimestamp"):
             return
+        legacy = api.legacy_status(sdd)
+        if legacy:
+            migrated = await self._migrate_status(sdd)
+            if migrated is None:
+                return  # the object changed meanwhile: its watch event reconciles it again
+            sdd = migrated
         spec = defaulted_spec(sdd["spec"])
         bounds = draft_tokens.bounds(spec)
         cur = draft_tokens.current_k(spec, sdd.get("status"))
@@ -135,40 +136,38 @@ class Controller:
         )
         if cur.k is not None:
             metrics.CURRENT_K.labels(namespace=ns, name=name).set(cur.k)
-        # One field manager owns all of status: re-assert what the tuner wrote.
-        new_status = conditions.with_tuner_fields(new_status, sdd.get("status"))
-        if conditions.differs(new_status, sdd.get("status")):
-            await self.kube.apply_status(sdd, new_status)
+        # A legacy object is applied once even when nothing changed: that releases the
+        # reconciler's ownership of the autotuner's fields.
+        if legacy or api.reconciler_differs(new_status, sdd.get("status")):
+            await self.kube.apply_status(sdd, new_status, manager=api.OPERATOR_MANAGER)
             await self._status_events(sdd, new_status, old_k, cur)
 
-    async def apply_tuner_status(
-        self, sdd: dict[str, Any], tuner_fields: dict[str, Any], condition: dict[str, Any],
-        current_k: int | None, recommended: int | None,
-    ) -> bool:
-        """Write the tuner's status fields (under the object's lock); True if written."""
-        live = sdd.get("status") or {}
-        new = {k: v for k, v in live.items() if k not in conditions.TUNER_KEYS}
-        new.update(tuner_fields)
-        dtk = dict(live.get("draftTokens") or {})
-        if current_k is not None and "current" in dtk:
-            dtk["current"] = current_k
-        if recommended is not None:
-            dtk["recommended"] = recommended
-        if dtk:
-            new["draftTokens"] = dtk
-        others = [c for c in live.get("conditions") or []
-                  if c.get("type") != condition["type"]]
-        new["conditions"] = [*others, condition]
-        if not conditions.differs(new, live):
-            return False
-        await self.kube.apply_status(sdd, new)
-        return True
+    async def _migrate_status(self, sdd: dict[str, Any]) -> dict[str, Any] | None:
+        """Hand the autotuner's fields of a status written under one field manager to the
+        autotuner's manager, as they are (with the K it chose as its target); None when the
+        object changed since it was read."""
+        meta = sdd["metadata"]
+        fields = api.migration_status(sdd.get("status"))
+        if not fields:
+            return sdd
+        try:
+            out = await self.kube.apply_status(sdd, fields, manager=api.TUNER_MANAGER,
+                                               resource_version=meta.get("resourceVersion"))
+        except ApiError as e:
+            if e.status.code == 409:
+                return None
+            raise
+        log.info("%s/%s: status migrated to one field manager per writer",
+                 meta["namespace"], meta["name"])
+        return out
 
     async def _status_events(
         self, sdd: dict[str, Any], new: dict[str, Any], old_k: Any,
         cur: draft_tokens.CurrentK,
     ) -> None:
-        if old_k is not None and cur.k is not None and int(old_k) != cur.k:
+        # A change to the autotuner's target was announced by the autotuner.
+        if old_k is not None and cur.k is not None and int(old_k) != cur.k \
+                and not cur.from_target:
             await self.kube.event(sdd, "Normal", "DraftTokensChanged",
                                   f"K {old_k} -> {cur.k}: {cur.reason}")
         old = {c["type"]: c for c in (sdd.get("status") or {}).get("conditions") or []}

@@ -492,7 +492,9 @@ def status_schema() -> dict[str, Any]:
         required=["type", "status"],
     )
     return obj(
-        "Observed state, written by the operator only.",
+        "Observed state, written by the operator only: the reconciler (field manager "
+        "specdecode-operator) and the autotuner (specdecode-autotuner) each apply their own "
+        "fields.",
         {
             "observedGeneration": integer("Last spec generation the operator acted on."),
             "replicas": integer("Pods of the current Deployment."),
@@ -500,7 +502,8 @@ def status_schema() -> dict[str, Any]:
             "updatedReplicas": integer("Pods running the current template (current K)."),
             "selector": string("Label selector of the pods (for the scale subresource)."),
             "draftTokens": obj("Draft length state.", {
-                "current": integer("K the Deployment runs now (rendered by the operator)."),
+                "current": integer("K the Deployment runs now (rendered by the operator from "
+                                   "the initial K and autotune.target)."),
                 "initial": integer("Initial K resolved from the spec (draftTokens.initial "
                                    "or the workload preset) that current started from."),
                 "recommended": integer("K the autotuner recommends."),
@@ -515,6 +518,18 @@ def status_schema() -> dict[str, Any]:
                 "windowSeconds": integer("Length of the window these come from."),
             }),
             "autotune": obj("The autotuner's persisted state.", {
+                "target": obj(
+                    "The K the autotuner wants. The operator renders it while the spec "
+                    "still resolves to the initial K it was decided under and mode is not "
+                    "Off (K 0 only while allowOff holds; clamped to the bounds).",
+                    {
+                        "k": integer("Draft length K the autotuner chose (0: speculation "
+                                     "off)."),
+                        "initial": integer("Initial K the spec resolved to when it was "
+                                           "chosen."),
+                        "time": string("When it was chosen.", format="date-time"),
+                    },
+                ),
                 "lastChangeTime": string("When K last changed.", format="date-time"),
                 "changes": array("K changes in the last 24 hours.",
                                  string("Time.", format="date-time"), maxItems=1000),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .api import target
 from .crd import DEFAULT_INITIAL_K, PRESET_INITIAL_K
 
 
@@ -39,33 +40,37 @@ def bounds(spec: dict[str, Any]) -> DraftBounds | None:
 class CurrentK:
     k: int | None  # None: speculation off (method none); 0: turned off by the autotuner
     reason: str
+    from_target: bool = False  # the autotuner's target (which posts its own event)
 
 
 def current_k(spec: dict[str, Any], status: dict[str, Any] | None) -> CurrentK:
-    """The K to render now.
+    """The K to render now: the autotuner's target or the initial K.
 
-    Status carries the K the operator runs (``draftTokens.current``) and the initial K it
-    started from. The user's explicit change of the initial K (or of the preset) wins over the
-    tuner; bounds that moved clamp the current K; mode Off pins K to the initial value.
+    ``status.autotune.target`` is the K the autotuner wants and the initial K it was decided
+    under. It applies while the spec still resolves to that initial K (an explicit change of
+    the initial K or of the preset wins over the tuner) and mode is not Off; bounds that moved
+    clamp it; K 0 (speculation off) only while allowOff holds.
     """
     b = bounds(spec)
     if b is None:
         return CurrentK(None, "speculative decoding is off (drafter.method none)")
-    dt = (status or {}).get("draftTokens") or {}
-    cur, seen_initial = dt.get("current"), dt.get("initial")
-    mode = (spec.get("autotune") or {}).get("mode", "Auto")
-    if cur is None:
-        return CurrentK(b.initial, f"initial K {b.initial}")
-    if mode == "Off":
+    at = spec.get("autotune") or {}
+    t = target(status)
+    if at.get("mode", "Auto") == "Off":
         return CurrentK(b.initial, f"autotune is Off: K pinned to the initial {b.initial}")
-    if seen_initial is not None and int(seen_initial) != b.initial:
-        return CurrentK(b.initial, f"initial K changed to {b.initial} in the spec")
-    if int(cur) == 0:
+    if t is None:
+        return CurrentK(b.initial, f"initial K {b.initial}")
+    if t.get("initial") is None or int(t["initial"]) != b.initial:
+        return CurrentK(b.initial, f"initial K {b.initial} from the spec (the autotuner's "
+                                   f"target was chosen under initial K {t.get('initial')})")
+    k = int(t["k"])
+    if k == 0:
         # The autotuner turned speculation off under load; only while allowOff holds.
-        if (spec.get("autotune") or {}).get("allowOff"):
-            return CurrentK(0, "speculation off (chosen by the autotuner under load)")
+        if at.get("allowOff"):
+            return CurrentK(0, "speculation off (chosen by the autotuner under load)", True)
         return CurrentK(b.initial, f"allowOff was withdrawn: back to the initial {b.initial}")
-    if not b.min <= int(cur) <= b.max:
-        k = b.clamp(int(cur))
-        return CurrentK(k, f"K {cur} is outside [{b.min}, {b.max}]: clamped to {k}")
-    return CurrentK(int(cur), f"K {cur} from status")
+    if not b.min <= k <= b.max:
+        c = b.clamp(k)
+        return CurrentK(c, f"the autotuner's K {k} is outside [{b.min}, {b.max}]: clamped "
+                           f"to {c}")
+    return CurrentK(k, f"K {k} chosen by the autotuner", True)

@@ -43,7 +43,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     kube = Kube.from_env(os.environ.get("KUBECONFIG") or None)
     _controller = Controller(kube)
     memo["resync"] = asyncio.create_task(_resync_forever(_controller))
-    memo["tuner"] = asyncio.create_task(Tuner.from_env(_controller).run_forever())
+    memo["tuner"] = asyncio.create_task(Tuner.from_env(kube).run_forever())
 
 
 @kopf.on.cleanup()

@@ -109,18 +109,31 @@ class Kube:
         )
         return _to_dict(obj)
 
-    async def apply_status(self, sdd: dict[str, Any], status: dict[str, Any]) -> None:
+    async def apply_status(
+        self, sdd: dict[str, Any], status: dict[str, Any], *, manager: str = MANAGER,
+        resource_version: str | None = None,
+    ) -> dict[str, Any]:
+        """Server-side apply of the status fields ``manager`` owns; returns the object.
+
+        Fields ``manager`` applied before and leaves out now are removed unless another
+        manager owns them too. With ``resource_version`` the write fails with 409 if the
+        object changed since it was read.
+        """
         meta = sdd["metadata"]
+        metadata: dict[str, Any] = {"name": meta["name"], "namespace": meta["namespace"]}
+        if resource_version is not None:
+            metadata["resourceVersion"] = resource_version
         body = {
             "apiVersion": f"{crd.GROUP}/{crd.VERSION}",
             "kind": crd.KIND,
-            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "metadata": metadata,
             "status": status,
         }
-        await self.client.patch(
+        obj = await self.client.patch(
             SDD.Status, meta["name"], body, namespace=meta["namespace"],
-            patch_type=PatchType.APPLY, field_manager=MANAGER, force=True,
+            patch_type=PatchType.APPLY, field_manager=manager, force=True,
         )
+        return _to_dict(obj)
 
     async def event(self, sdd: dict[str, Any], type_: str, reason: str, message: str) -> None:
         meta = sdd["metadata"]

@@ -15,7 +15,6 @@ import pytest
 from specdecode_operator.autotune.acceptance import iid
 from specdecode_operator.autotune.loop import Tuner
 from specdecode_operator.autotune.observe import Labels, PrometheusClient
-from specdecode_operator.controller import Controller
 from specdecode_operator.kube import Kube
 from specdecode_runtime.localplane import LocalPlane
 from specdecode_runtime.operator_process import OperatorProcess
@@ -198,12 +197,11 @@ def test_queries_per_cycle_do_not_grow_with_the_number_of_sdds(
     async def one_cycle() -> tuple[int, int, float]:
         kube = Kube.from_env(str(plane.kubeconfig))
         try:
-            tuner = Tuner(Controller(kube), PrometheusClient(prometheus.url),
+            tuner = Tuner(kube, PrometheusClient(prometheus.url),
                           labels=Labels(), namespaces=[namespace])
             t0 = time.perf_counter()
             report = await tuner.cycle()
             secs = time.perf_counter() - t0
-            await tuner.controller.idle()  # the reconciles it triggered, before closing
             return report.evaluated, report.queries, secs
         finally:
             await kube.close()
@@ -214,6 +212,10 @@ def test_queries_per_cycle_do_not_grow_with_the_number_of_sdds(
             apply(plane, sdd_doc(f"q{i}", namespace, spec("Recommend")))
             if i >= len(fleet.pods):
                 fleet.add(ExporterPod(namespace, f"q{i}", 3, iid(0.8, 16)))
+        # The tuner judges the K that runs: wait until the operator has reconciled each.
+        for i in range(n):
+            wait_for(f"q{i} reconciled", lambda i=i: (get_json(
+                plane, "sdd", f"q{i}", "-n", namespace).get("status") or {}).get("draftTokens"))
         evaluated, queries, seconds = asyncio.run(one_cycle())
         assert evaluated == n
         measured[n] = (queries, seconds)

@@ -161,23 +161,33 @@ def test_initial_k_from_preset(workload: str | None, dt: dict[str, int] | None,
     assert b is not None and b.initial == expected
 
 
-def test_current_k_follows_status_bounds_and_user_changes() -> None:
+def test_current_k_follows_the_tuners_target_bounds_and_user_changes() -> None:
     spec = defaulted_spec({**BASE, "drafter": {"method": "mtp"},
                            "draftTokens": {"initial": 4, "min": 2, "max": 8}})
     ck = draft_tokens.current_k
+
+    def target(k: int, initial: int = 4) -> dict[str, Any]:
+        return {"autotune": {"target": {"k": k, "initial": initial}},
+                "draftTokens": {"current": 4, "initial": 4}}
+
     assert ck(spec, None).k == 4
-    assert ck(spec, {"draftTokens": {"current": 7, "initial": 4}}).k == 7
-    assert ck(spec, {"draftTokens": {"current": 12, "initial": 4}}).k == 8   # clamped
+    # The running K in status is the reconciler's own output, not an input.
+    assert ck(spec, {"draftTokens": {"current": 7, "initial": 4}}).k == 4
+    assert ck(spec, target(7)).k == 7 and ck(spec, target(7)).from_target
+    assert ck(spec, target(12)).k == 8                                        # clamped
     changed = defaulted_spec({**spec, "draftTokens": {"initial": 3, "min": 2, "max": 8}})
-    assert ck(changed, {"draftTokens": {"current": 7, "initial": 4}}).k == 3  # user wins
+    assert ck(changed, target(7)).k == 3                                      # user wins
+    assert ck(changed, target(7, initial=3)).k == 7
     off = defaulted_spec({**spec, "autotune": {"mode": "Off"}})
-    assert ck(off, {"draftTokens": {"current": 7, "initial": 4}}).k == 4
+    assert ck(off, target(7)).k == 4
+    rec = defaulted_spec({**spec, "autotune": {"mode": "Recommend"}})
+    assert ck(rec, target(7)).k == 7           # a K chosen in Auto stays in Recommend
     none = defaulted_spec({**BASE, "drafter": {"method": "none"}})
-    assert ck(none, {"draftTokens": {"current": 7}}).k is None
+    assert ck(none, target(7)).k is None
     # K 0: the autotuner turned speculation off under load; only while allowOff holds.
     off_ok = defaulted_spec({**spec, "autotune": {"allowOff": True}})
-    assert ck(off_ok, {"draftTokens": {"current": 0, "initial": 4}}).k == 0
-    assert ck(spec, {"draftTokens": {"current": 0, "initial": 4}}).k == 4
+    assert ck(off_ok, target(0)).k == 0
+    assert ck(spec, target(0)).k == 4
     dep = render(sdd(off_ok), 0)[0]
     assert "--speculative-config" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert dep["spec"]["template"]["metadata"]["labels"][LABEL_K] == "0"

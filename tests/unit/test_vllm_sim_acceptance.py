@@ -17,7 +17,7 @@ from specdecode_runtime.vllm_sim.acceptance import (
     parse_schedule,
 )
 
-# Published anchors (speculation-math.md): acceptance rate = accepted / drafted at n drafts.
+# Published anchors (docs/vllm-sim.md): acceptance rate = accepted / drafted at n drafts.
 RATE_ANCHORS = [
     ("code", 2, 0.945), ("code", 5, 0.804),  # Qwen3.6-27B MTP, code
     ("creative", 2, 0.494), ("creative", 5, 0.251),  # Qwen3.6-27B MTP, creative
@@ -56,9 +56,13 @@ def test_tail_is_a_non_increasing_survival_curve(name: str) -> None:
     assert all(b <= a for a, b in itertools.pairwise(s))
     n = len(p.published)
     if 2 <= n < 24 and s[n - 1] > 0:
-        # Past the data the conditional rate never exceeds the last observed one.
+        # Past the data the conditional rate never exceeds the last observed one, and it is
+        # held (a geometric tail, not one that keeps bending down)
         last_rate = s[n] / s[n - 1]
         assert s[n + 1] <= s[n] * last_rate + 1e-12
+        if s[n] > 0:
+            held = s[n + 1] / s[n]
+            assert all(b == pytest.approx(a * held) for a, b in itertools.pairwise(s[n:]))
 
 
 def test_iid_and_perfect_profiles() -> None:

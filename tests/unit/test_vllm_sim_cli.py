@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from specdecode_runtime.vllm_sim.cli import (
+from specdecode_runtime.hardware import DEFAULT_SIM
+from specdecode_runtime.vllm_sim.cli import main
+from specdecode_runtime.vllm_sim.serve_args import (
     DEFAULT_MAX_MODEL_LEN,
     StartupError,
     UsageError,
@@ -28,7 +31,7 @@ def test_serve_form_and_defaults() -> None:
 
 
 def test_api_server_form_from_the_fixture_commands() -> None:
-    # fixtures/vllm/commands.md, exact-k3 (python -m vllm.entrypoints.openai.api_server ...).
+    # the exact-k3 capture's command line (reference/README.md)
     argv = ["--model", "/models/target", "--served-model-name", "tiny", "--host", "127.0.0.1",
             "--port", "8022", "--dtype", "bfloat16", "--max-model-len", "512", "--enforce-eager",
             "--kv-cache-memory-bytes", "67108864", "--speculative-config",
@@ -134,3 +137,35 @@ def test_non_default_args_are_typed_for_the_log() -> None:
                     json.dumps({"method": "ngram", "num_speculative_tokens": 2})], NO_ENV)
     assert a.non_default["port"] == 8010
     assert a.non_default["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 2}
+
+
+def test_hardware_world_by_name_flag_or_env_default_not_the_h200() -> None:
+    assert parse_args(["serve", "m"], NO_ENV).sim.hardware.name == DEFAULT_SIM != "h200"
+    assert parse_args(["serve", "m", "--sim-hardware", "moe"], NO_ENV).sim.hardware.name == "moe"
+    env = {"SPECDECODE_SIM_HARDWARE": "small-gpu"}
+    assert parse_args(["serve", "m"], env).sim.hardware.name == "small-gpu"
+    with pytest.raises(UsageError, match=r"--sim-hardware: unknown hardware 'a100'; known: "):
+        parse_args(["serve", "m", "--sim-hardware", "a100"], NO_ENV)
+
+
+def test_cost_file_is_a_world_of_its_own(tmp_path: Path) -> None:
+    rows = [{"B": b, "ctx": 1024, "q": q, "ttarget_ms": 10.0 * b + q, "tdraft_ms": 1.0}
+            for b in (1, 8) for q in (1, 2, 4)]
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps({"rows": rows}))
+    hw = parse_args(["serve", "m", "--sim-cost-file", str(f)], NO_ENV).sim.hardware
+    assert hw.step_seconds(1, 0) == pytest.approx(0.011)
+    with pytest.raises(UsageError, match="both given"):
+        parse_args(["serve", "m", "--sim-cost-file", str(f), "--sim-hardware", "moe"], NO_ENV)
+    with pytest.raises(UsageError, match="no such file"):
+        parse_args(["serve", "m", "--sim-cost-file", str(tmp_path / "nope.json")], NO_ENV)
+    f.write_text("{not json")
+    with pytest.raises(UsageError, match="not a cost table"):
+        parse_args(["serve", "m", "--sim-cost-file", str(f)], NO_ENV)
+
+
+def test_help_lists_the_hardware_worlds(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("h200", "h200-perturbed", "moe", "dense-early-knee", "small-gpu", "cpu"):
+        assert f"\n  {name} " in out

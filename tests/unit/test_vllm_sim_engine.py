@@ -67,8 +67,8 @@ def closed_loop(engine: EngineCore, concurrency: int, *, steps: int, max_tokens:
 
 # ---- the real captures, replayed ---------------------------------------------------------------
 
-# fixtures/vllm/requests.jsonl: prompt tokens of the 8 requests (64 tokens each, 0-3 one after
-# another, 4-7 at the same time).
+# The captures' request set (reference/README.md): prompt tokens of the 8 requests (64 tokens
+# each, 0-3 one after another, 4-7 at the same time).
 PROMPTS = (6, 8, 14, 8, 7, 12, 18, 27)
 
 
@@ -222,7 +222,7 @@ def test_time_scale_stretches_every_step() -> None:
     oa, ob = a.step(0.0), b.step(0.0)
     assert oa is not None and ob is not None
     assert ob.end == pytest.approx(oa.end * 0.01)
-    assert oa.end > 0.01  # a real step on the H200 table takes >10 ms
+    assert oa.end > 0.01  # a real step of the default world takes >10 ms
 
 
 # ---- scheduling --------------------------------------------------------------------------------

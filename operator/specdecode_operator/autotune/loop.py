@@ -1,5 +1,12 @@
-"""The tuning cycle's shell: list SDDs, query Prometheus once for all of them, evaluate each
-under its object lock, write status and events. Decisions are made by the pure modules."""
+"""The tuning cycle's shell: list SDDs, query Prometheus once for all of them, evaluate each,
+apply the autotuner's own status fields and post events. Decisions are made by the pure
+modules.
+
+The tuner never touches the reconciler: it reads the running K from
+``status.draftTokens.current`` and applies its fields (including ``autotune.target``, the K it
+wants) under its own field manager; the SDD's watch event triggers the reconcile that renders
+the target.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +16,16 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lightkube import ApiError
 
-from .. import crd, draft_tokens, metrics
+from .. import api, crd, draft_tokens, metrics
+from ..kube import Kube
 from ..render import defaulted_spec
 from .observe import Key, Labels, PrometheusClient, PrometheusError, windows
 from .policy import Settings, Window
 from .tuning_status import evaluate
-
-if TYPE_CHECKING:
-    from ..controller import Controller
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,7 @@ class CycleReport:
 
 @dataclass
 class Tuner:
-    controller: Controller
+    kube: Kube
     prometheus: PrometheusClient | None
     labels: Labels = field(default_factory=Labels.from_env)
     namespaces: list[str | None] = field(default_factory=lambda: [None])
@@ -44,13 +49,13 @@ class Tuner:
     _last_eval: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, controller: Controller) -> Tuner:
+    def from_env(cls, kube: Kube) -> Tuner:
         url = os.environ.get("SPECDECODE_PROMETHEUS_URL", "")
         prom = PrometheusClient(url, timeout=float(
             os.environ.get("SPECDECODE_PROMETHEUS_TIMEOUT", "5"))) if url else None
         scope: list[str | None] = [
             n for n in os.environ.get("SPECDECODE_NAMESPACES", "").split(",") if n] or [None]
-        return cls(controller, prom, namespaces=scope,
+        return cls(kube, prom, namespaces=scope,
                    tick_seconds=float(os.environ.get("SPECDECODE_AUTOTUNE_TICK", "10")))
 
     async def run_forever(self) -> None:
@@ -83,7 +88,7 @@ class Tuner:
         report = CycleReport()
         due: list[tuple[dict[str, Any], dict[str, Any], Settings]] = []
         for ns in self.namespaces:
-            for sdd in await self.controller.kube.list_sdds(ns):
+            for sdd in await self.kube.list_sdds(ns):
                 d = self._due(sdd, now)
                 if d:
                     due.append((sdd, *d))
@@ -113,50 +118,52 @@ class Tuner:
                 metrics.PROMETHEUS_QUERIES.inc(made)
             sem = asyncio.Semaphore(self.parallelism)
 
-            async def one(sdd: dict[str, Any], settings: Settings,
+            async def one(sdd: dict[str, Any], spec: dict[str, Any], settings: Settings,
                           found: dict[Key, Window] = found,
                           unavailable: str | None = unavailable,
-                          sem: asyncio.Semaphore = sem) -> bool:
+                          sem: asyncio.Semaphore = sem) -> bool | None:
                 async with sem:
-                    return await self._evaluate_one(sdd, settings, found, unavailable, now)
+                    return await self._evaluate_one(sdd, spec, settings, found,
+                                                    unavailable, now)
 
-            written = await asyncio.gather(*(one(sdd, st) for sdd, _spec, st in items))
-            report.evaluated += len(items)
-            report.written += sum(written)
+            outcomes = await asyncio.gather(*(one(*item) for item in items))
+            report.evaluated += sum(w is not None for w in outcomes)
+            report.written += sum(bool(w) for w in outcomes)
         report.seconds = time.monotonic() - t0
         metrics.TUNING_CYCLE_SECONDS.observe(report.seconds)
         return report
 
     async def _evaluate_one(
-        self, listed: dict[str, Any], settings: Settings, found: dict[Key, Window],
-        unavailable: str | None, now: float,
-    ) -> bool:
-        ns, name = listed["metadata"]["namespace"], listed["metadata"]["name"]
+        self, sdd: dict[str, Any], spec: dict[str, Any], settings: Settings,
+        found: dict[Key, Window], unavailable: str | None, now: float,
+    ) -> bool | None:
+        """Evaluate one listed SDD (``spec`` defaulted): True if its status was written,
+        None if it was not evaluated."""
+        ns, name = sdd["metadata"]["namespace"], sdd["metadata"]["name"]
+        bounds = draft_tokens.bounds(spec)
+        live = sdd.get("status") or {}
+        running = (live.get("draftTokens") or {}).get("current")
+        if bounds is None or running is None:
+            return None  # not reconciled yet: nothing runs whose metrics could be judged
+        status = api.with_legacy_target(live)
+        if draft_tokens.current_k(spec, status).k != int(running):
+            return None  # the reconciler has not rendered the target yet (or the spec moved)
         self._last_eval[(ns, name)] = now
-        async with self.controller.lock(ns, name):
-            sdd = await self.controller.kube.get_sdd(ns, name)  # fresh, under the lock
-            if sdd is None:
-                return False
-            spec = defaulted_spec(sdd["spec"])
-            cur = draft_tokens.current_k(spec, sdd.get("status"))
-            if cur.k is None:
-                return False
-            window = found.get((ns, name, cur.k))
-            ev = evaluate(settings, sdd.get("status"), cur.k, window, now=now,
-                          unavailable=unavailable)
-            d = ev.decision
-            outcome = "unavailable" if d is None else (
-                "change" if d.changed else ("recommend" if d.recommended != d.k_from
-                                            else "keep"))
-            metrics.DECISIONS.labels(outcome=outcome).inc()
-            if window is not None and window.acceptance_rate is not None:
-                metrics.ACCEPTANCE.labels(namespace=ns, name=name).set(window.acceptance_rate)
-            written = await self.controller.apply_tuner_status(
-                sdd, ev.fields, ev.condition, ev.current_k, ev.recommended)
-            for type_, reason, message in ev.events:
-                await self.controller.kube.event(sdd, type_, reason, message)
-            if d is not None and d.changed:
-                log.info("%s/%s: %s", ns, name, d.reason)
+        k = int(running)
+        window = found.get((ns, name, k))
+        ev = evaluate(settings, status, k, window, now=now, unavailable=unavailable,
+                      initial_k=bounds.initial)
+        d = ev.decision
+        outcome = "unavailable" if d is None else (
+            "change" if d.changed else ("recommend" if d.recommended != d.k_from else "keep"))
+        metrics.DECISIONS.labels(outcome=outcome).inc()
+        if window is not None and window.acceptance_rate is not None:
+            metrics.ACCEPTANCE.labels(namespace=ns, name=name).set(window.acceptance_rate)
+        written = api.tuner_differs(ev.status, live)
         if written:
-            self.controller.trigger(ns, name)  # render the new K now, not at the next event
+            await self.kube.apply_status(sdd, ev.status, manager=api.TUNER_MANAGER)
+        for type_, reason, message in ev.events:
+            await self.kube.event(sdd, type_, reason, message)
+        if d is not None and d.changed:
+            log.info("%s/%s: %s", ns, name, d.reason)
         return written

@@ -7,11 +7,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from ..api import TUNER_CONDITION, TUNER_KEYS
 from .policy import OFF, Decision, Settings, State, Window, decide
 
 HISTORY = 10
-TUNER_KEYS = ("acceptance", "autotune")
-TUNER_CONDITION = "MetricsAvailable"
 
 
 def rfc3339(t: float) -> str:
@@ -59,12 +58,27 @@ class Evaluation:
     decision: Decision | None
     events: list[tuple[str, str, str]]      # (type, reason, message)
 
+    @property
+    def status(self) -> dict[str, Any]:
+        """Every status field the autotuner owns (see ``api``): the whole set it applies."""
+        out = dict(self.fields)
+        if self.recommended is not None:
+            out["draftTokens"] = {"recommended": self.recommended}
+        out["conditions"] = [self.condition]
+        return out
+
 
 def evaluate(
     settings: Settings, status: dict[str, Any] | None, current_k: int,
     window: Window | None, *, now: float, unavailable: str | None = None,
+    initial_k: int | None = None,
 ) -> Evaluation:
-    """One evaluation: the decision and the status fields that record it (pure)."""
+    """One evaluation: the decision and the status fields that record it (pure).
+
+    ``current_k`` is the K running now (``status.draftTokens.current``); a change of K is
+    recorded as ``autotune.target`` together with ``initial_k``, the initial K the spec
+    resolves to (the reconciler renders the target only while that holds).
+    """
     status = status or {}
     old_at = status.get("autotune") or {}
     old_cond = next((c for c in status.get("conditions") or []
@@ -90,7 +104,7 @@ def evaluate(
             f"no vLLM speculative-decoding metrics for K={current_k} in the last "
             f"{settings.window_seconds:.0f}s")
         # Keep K and everything learned so far; only the condition changes.
-        fields = {k: status[k] for k in ("acceptance", "autotune") if k in status}
+        fields = {k: status[k] for k in TUNER_KEYS if k in status}
         return Evaluation(fields, condition(False, reason, message), current_k, old_rec,
                           None, events)
 
@@ -111,6 +125,10 @@ def evaluate(
         at["lastChangeTime"] = rfc3339(st.last_change)
     if st.pending_k is not None:
         at["pending"] = {"k": st.pending_k, "count": st.pending_count}
+    if d.changed and initial_k is not None:
+        at["target"] = {"k": d.k_to, "initial": initial_k, "time": rfc3339(now)}
+    elif old_at.get("target"):
+        at["target"] = old_at["target"]
     acc = acceptance_status(window)
     if d.predicted_gain is not None:
         acc["predictedGain"] = f"{d.predicted_gain:+.3f}"

@@ -9,7 +9,8 @@ One step, like vLLM v1's scheduler step:
   first step and emits its first token there (no drafts are verified in a prefill step);
 - every other running request verifies k drafts: it accepts a prefix of them drawn from the
   acceptance profile in force, and emits 1 + accepted tokens (the bonus/correction token);
-- the step takes T(B, k) + prefill cost, times --sim-time-scale.
+- the step takes the hardware world's step time for (requests verifying, k, prompt tokens
+  prefilled), times --sim-time-scale (specdecode_runtime.hardware).
 Counters follow vllm/v1/spec_decode/metrics.py: drafts += requests that verified >= 1 draft,
 draft_tokens += k each, accepted += accepted, per_pos[i] += requests that accepted position i.
 Like vLLM, the counters count every verified draft even when max_tokens truncates the output.
@@ -22,9 +23,9 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..hardware import DEFAULT_SIM, Hardware, profile
 from .acceptance import AcceptanceSampler, Schedule
 from .spec_config import SpecConfig
-from .step_cost import StepCostModel
 
 FINISH_LENGTH = "length"
 FINISH_STOP = "stop"
@@ -138,7 +139,7 @@ class EngineTotals:
 class EngineConfig:
     spec: SpecConfig | None
     schedule: Schedule
-    cost: StepCostModel = field(default_factory=StepCostModel.default)
+    cost: Hardware = field(default_factory=lambda: profile(DEFAULT_SIM))
     max_num_seqs: int = 256
     kv_cache_tokens: int = 131072
     time_scale: float = 1.0
@@ -222,7 +223,10 @@ class EngineCore:
                 n = 1
             grants.append((r, min(n, r.limit - r.generated)))
 
-        duration = cfg.cost.step_seconds(batch, k, prompt_tokens) * cfg.time_scale
+        # The verify batch is the requests past their prefill; a prefill rides in the same
+        # forward pass as prompt tokens (chunked prefill), so decoders wait for it too.
+        verifying = sum(1 for r, _ in grants if r.generated > 0)
+        duration = cfg.cost.step_seconds(verifying, k, prompt_tokens) * cfg.time_scale
         end = now + duration
         emissions: list[Emission] = []
         ttfts: list[float] = []

@@ -5,7 +5,7 @@ HELP strings, label names and buckets reproduces the exposition byte for byte (l
 sorted on output, each counter gets its _created gauge). Families are created in vLLM's order
 (vllm/v1/spec_decode/metrics.py, then vllm/v1/metrics/loggers.py) and every labelled series is
 created at startup, so counters read 0 before traffic like the real server.
-Checked against fixtures/vllm/metrics-*.txt by tests/unit/test_vllm_sim_metrics.py.
+Checked against the real captures in reference/ by tests/unit/test_vllm_sim_metrics.py.
 """
 
 from __future__ import annotations

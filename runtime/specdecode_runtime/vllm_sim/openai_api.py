@@ -200,7 +200,7 @@ def stream_chunk(req: GenerationRequest, rid: str, created: int, text: str | Non
 
 def models_list(served_names: tuple[str, ...], root: str, max_model_len: int,
                 created: int | None = None) -> dict[str, Any]:
-    """GET /v1/models, shaped like fixtures/vllm/v1-models.txt (one card per served name)."""
+    """GET /v1/models, shaped like reference/v1-models.txt (one card per served name)."""
     created = int(time.time()) if created is None else created
     return {"object": "list", "data": [{
         "id": name, "object": "model", "created": created, "owned_by": "vllm", "root": root,

@@ -2,7 +2,7 @@
 
 Everything decided here is about time and I/O; what a step does is EngineCore's business.
 Like vLLM, the port is bound at once but only listens when "loading" is done, so probes get
-connection refused (not 503) during --sim-startup-delay (fixtures/vllm/startup-probe.txt).
+connection refused (not 503) during --sim-startup-delay (docs/vllm-sim.md).
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from typing import Any
 from aiohttp import web
 
 from . import openai_api as api
-from .cli import VLLM_VERSION, ServeArgs, parse_args
 from .engine import Emission, EngineConfig, EngineCore, SimRequest, natural_length
 from .metrics import CONTENT_TYPE, CacheInfo, IntervalStats, VllmMetrics, format_stats
-from .step_cost import StepCostModel
+from .serve_args import VLLM_VERSION, ServeArgs, parse_args
 
 log = logging.getLogger("vllm.entrypoints.openai.api_server")
 engine_log = logging.getLogger("vllm.v1.metrics.loggers")
@@ -76,10 +75,9 @@ class SimServer:
         self._clock = clock
         self._epoch = clock()
         spec = args.speculative_config
-        cost = (StepCostModel.from_json(args.sim.cost_file) if args.sim.cost_file
-                else StepCostModel.default())
         self.core = EngineCore(EngineConfig(
-            spec=spec, schedule=args.sim.schedule, cost=cost, max_num_seqs=args.max_num_seqs,
+            spec=spec, schedule=args.sim.schedule, cost=args.sim.hardware,
+            max_num_seqs=args.max_num_seqs,
             kv_cache_tokens=args.sim.kv_cache_tokens, time_scale=args.sim.time_scale,
             seed=args.sim.seed))
         self.metrics = VllmMetrics(
@@ -126,9 +124,9 @@ class SimServer:
                      spec.method, spec.model, spec.num_speculative_tokens,
                      f" per_batch_size={list(spec.per_batch_size)}" if spec.per_batch_size
                      else "")
-        log.info("specdecode-sim: acceptance schedule %s, time scale %g, seed %d, cost %s",
+        log.info("specdecode-sim: acceptance schedule %s, time scale %g, seed %d, hardware %s",
                  a.sim.schedule.describe(), a.sim.time_scale, a.sim.seed,
-                 self.core.config.cost.source)
+                 self.core.config.cost.name)
         if a.sim.startup_delay > 0:
             log.info("specdecode-sim: simulating model loading for %.1f s", a.sim.startup_delay)
             await asyncio.sleep(a.sim.startup_delay)

@@ -4,7 +4,7 @@ vLLM's SpeculativeConfig is a pydantic dataclass with extra="forbid", so bad inp
 startup with a pydantic ValidationError; checks in its __post_init__ surface as "Value error, ..."
 entries of the same error. SpecConfigError.render() prints that shape, so an operator that
 watches pod logs sees what it would see with the real engine.
-Field list: fixtures/vllm/speculative-config-fields.txt.
+Field list: vLLM 0.32's SpeculativeConfig (vllm/config/speculative.py).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ METHODS = (
     "eagle3", "extract_hidden_states", *MTP_ALIASES[:19], "mtp", *MTP_ALIASES[19:], "dflash",
     "ngram_gpu", "dspark",
 )
-# In the literal but not a drafting method any more (vllm-facts.md): fail like vLLM does.
+# In the literal but not a drafting method any more (docs/vllm-sim.md): fail like vLLM does.
 UNSUPPORTED = ("medusa", "mlp_speculator", "extract_hidden_states")
 # Drafters that need a checkpoint; ngram/suffix draft from the text, MTP may use the target's.
 NEEDS_MODEL = ("draft_model", "eagle", "eagle3", "custom_class", "dflash", "dspark")
