@@ -17,6 +17,7 @@ from . import crd
 from .autotune.loop import Tuner
 from .controller import Controller
 from .kube import Kube
+from .names import sdd_name
 from .render import LABEL_SDD, MANAGER
 
 log = logging.getLogger(__name__)
@@ -77,31 +78,33 @@ async def sdd_event(event: dict[str, Any], name: str, namespace: str, **_: Any) 
     controller().trigger(namespace, name)
 
 
-def _child_event(labels: dict[str, str], namespace: str, event: dict[str, Any]) -> None:
-    owner = labels.get(LABEL_SDD)
+def _child_event(labels: dict[str, str], namespace: str, event: dict[str, Any],
+                 annotations: dict[str, str] | None = None) -> None:
+    # A long SDD name is annotated in full; its label holds a short form (names.py).
+    owner = sdd_name(labels, annotations or {}, LABEL_SDD)
     if owner:
         controller().trigger(namespace, owner)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_FILTER)
 async def deployment_event(labels: dict[str, str], namespace: str, event: dict[str, Any],
-                           **_: Any) -> None:
-    _child_event(labels, namespace, event)
+                           annotations: dict[str, str], **_: Any) -> None:
+    _child_event(labels, namespace, event, annotations)
 
 
 @kopf.on.event("v1", "services", labels=CHILD_FILTER)
 async def service_event(labels: dict[str, str], namespace: str, event: dict[str, Any],
-                        **_: Any) -> None:
-    _child_event(labels, namespace, event)
+                        annotations: dict[str, str], **_: Any) -> None:
+    _child_event(labels, namespace, event, annotations)
 
 
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_FILTER)
 async def pdb_event(labels: dict[str, str], namespace: str, event: dict[str, Any],
-                    **_: Any) -> None:
-    _child_event(labels, namespace, event)
+                    annotations: dict[str, str], **_: Any) -> None:
+    _child_event(labels, namespace, event, annotations)
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_FILTER)
 async def pod_event(labels: dict[str, str], namespace: str, event: dict[str, Any],
-                    **_: Any) -> None:
-    _child_event(labels, namespace, event)
+                    annotations: dict[str, str], **_: Any) -> None:
+    _child_event(labels, namespace, event, annotations)

@@ -30,7 +30,8 @@ def long_name(n: int) -> str:
     return out[:n].rstrip(".") + "x" * (n - len(out[:n].rstrip(".")))
 
 
-NAMES = {"dotted": "llama-3.1-8b", "63": long_name(63)}
+NAMES = {"dotted": "llama-3.1-8b", "63": long_name(63), "64": long_name(64),
+         "253": long_name(253)}
 
 
 def owned(plane: LocalPlane, kind: str, ns: str, uid: str) -> list[dict[str, Any]]:
