@@ -7,8 +7,11 @@ Only event handlers and a startup task are used, so Kopf stores nothing on the u
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -19,6 +22,7 @@ from .controller import Controller
 from .kube import Kube
 from .names import sdd_name
 from .render import LABEL_SDD, MANAGER
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,17 @@ RESYNC_SECONDS = float(os.environ.get("SPECDECODE_RESYNC_SECONDS", "60"))
 CHILD_FILTER = {"app.kubernetes.io/managed-by": MANAGER, LABEL_SDD: kopf.PRESENT}
 
 _controller: Controller | None = None
+_watchdog = Watchdog(resync_seconds=RESYNC_SECONDS, started=time.monotonic())
+
+
+class _Backoffs:
+    """Kopf's API retry delays: 1, 2, 5, then every 10 s for ever. A finite list makes Kopf
+    give up (and stop watching) when the API server is away longer than its sum, e.g. its
+    503s while a restarted apiserver installs its paths."""
+
+    def __iter__(self) -> Iterator[float]:
+        yield from (1, 2, 5)
+        yield from itertools.repeat(10)
 
 
 def controller() -> Controller:
@@ -40,11 +55,23 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.enabled = False  # we post our own Events, only for real changes
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.networking.error_backoffs = [1, 2, 5, 10]
+    settings.networking.error_backoffs = _Backoffs()
     kube = Kube.from_env(os.environ.get("KUBECONFIG") or None)
     _controller = Controller(kube)
     memo["resync"] = asyncio.create_task(_resync_forever(_controller))
     memo["tuner"] = asyncio.create_task(Tuner.from_env(kube).run_forever())
+
+
+@kopf.on.probe(id="watchdog")
+async def watchdog(memo: kopf.Memo, **_: Any) -> str:
+    """Liveness: raising makes Kopf's endpoint answer 500 (the kubelet restarts the pod)."""
+    task = memo.get("resync")
+    if task is not None and task.done():
+        raise kopf.PermanentError("the periodic resync loop has ended")
+    problem = _watchdog.problem(time.monotonic(), await controller().kube.api_answers())
+    if problem:
+        raise kopf.PermanentError(problem)
+    return "ok"
 
 
 @kopf.on.cleanup()
@@ -65,14 +92,20 @@ async def _resync_forever(ctl: Controller) -> None:
         await asyncio.sleep(RESYNC_SECONDS)
         try:
             for namespace in scope:
-                for sdd in await ctl.kube.list_sdds(namespace):
+                listed = await ctl.kube.list_sdds(namespace)
+                for sdd in listed:
                     ctl.trigger(sdd["metadata"]["namespace"], sdd["metadata"]["name"])
+                _watchdog.listed(time.monotonic(), {
+                    (o["metadata"]["namespace"], o["metadata"]["name"]):
+                        o["metadata"].get("resourceVersion", "") for o in listed})
         except Exception:  # keep the loop alive; the next round tries again
             log.exception("periodic resync failed")
 
 
 @kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL)
 async def sdd_event(event: dict[str, Any], name: str, namespace: str, **_: Any) -> None:
+    _watchdog.saw_event((namespace, name),
+                        ((event.get("object") or {}).get("metadata") or {}).get("resourceVersion"))
     if event.get("type") == "DELETED":
         return
     controller().trigger(namespace, name)

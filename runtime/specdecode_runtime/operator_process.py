@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ class OperatorProcess:
     env: dict[str, str] = field(default_factory=dict)
     comp: Component | None = None
     metrics_port: int = 0
+    liveness_port: int = 0
     starts: int = 0
 
     @property
@@ -33,7 +35,8 @@ class OperatorProcess:
 
     def start(self) -> None:
         self.starts += 1
-        self.metrics_port, live = free_port(), free_port()
+        self.metrics_port = free_port()
+        live = self.liveness_port = free_port()
         self.comp = Component(
             "specdecode-operator",
             [sys.executable, "-m", "specdecode_operator", "--metrics-host=127.0.0.1",
@@ -56,6 +59,15 @@ class OperatorProcess:
         if self.comp:
             self.comp.stop(grace=10)
             self.comp = None
+
+    def liveness(self) -> tuple[int, str]:
+        """The liveness endpoint's HTTP status and body."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz",
+                                        timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
 
     def restart(self) -> None:
         self.stop()
@@ -95,8 +107,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 def install_crds(plane: LocalPlane) -> None:
     plane.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                  "crd/specdecodedeployments.specdecode.io")
+    # `kubectl wait` fails outright while the new CRD has no conditions at all yet.
+    deadline = time.monotonic() + 30
+    while True:
+        r = plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                          "crd/specdecodedeployments.specdecode.io", check=False)
+        if r.returncode == 0:
+            return
+        if time.monotonic() > deadline or "accessor error" not in r.stderr:
+            raise AssertionError(f"CRD not established: {r.stderr}")
+        time.sleep(0.2)
 
 
 def start_operator(plane: LocalPlane, workdir: Path,
