@@ -38,6 +38,8 @@ def _now() -> str:
 @dataclass
 class Controller:
     kube: Kube
+    # False on a standby replica (leader election): triggers are dropped until elected.
+    active: bool = True
     # At most one reconcile per object runs (the tuner writes only its own status fields,
     # so it needs no lock with the reconciler).
     _running: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
@@ -50,6 +52,8 @@ class Controller:
 
     # ---- triggering ----------------------------------------------------------------------
     def trigger(self, namespace: str, name: str) -> None:
+        if not self.active:
+            return
         key = (namespace, name)
         if key in self._running:
             self._again.add(key)

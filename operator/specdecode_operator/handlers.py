@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from . import crd
+from . import crd, leader
 from .autotune.loop import Tuner
 from .controller import Controller
 from .kube import Kube
@@ -57,15 +57,26 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = _Backoffs()
     kube = Kube.from_env(os.environ.get("KUBECONFIG") or None)
-    _controller = Controller(kube)
-    memo["resync"] = asyncio.create_task(_resync_forever(_controller))
-    memo["tuner"] = asyncio.create_task(Tuner.from_env(kube).run_forever())
+    ctl = _controller = Controller(kube, active=not leader.ENABLED)
+
+    async def act() -> None:
+        """Start reconciling and tuning (at once, or when this replica is elected)."""
+        ctl.active = True
+        memo["resync"] = asyncio.create_task(_resync_forever(ctl, first_now=leader.ENABLED))
+        memo["tuner"] = asyncio.create_task(Tuner.from_env(kube).run_forever())
+
+    if leader.ENABLED:
+        memo["leader"] = asyncio.create_task(leader.Elector(kube.client).run(act))
+    else:
+        await act()
 
 
 @kopf.on.probe(id="watchdog")
 async def watchdog(memo: kopf.Memo, **_: Any) -> str:
     """Liveness: raising makes Kopf's endpoint answer 500 (the kubelet restarts the pod)."""
     task = memo.get("resync")
+    if not controller().active:
+        return "standby"
     if task is not None and task.done():
         raise kopf.PermanentError("the periodic resync loop has ended")
     problem = _watchdog.problem(time.monotonic(), await controller().kube.api_answers())
@@ -76,7 +87,7 @@ async def watchdog(memo: kopf.Memo, **_: Any) -> str:
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("resync", "tuner"):
+    for name in ("leader", "resync", "tuner"):
         task = memo.get(name)
         if task:
             task.cancel()
@@ -85,11 +96,14 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await _controller.kube.close()
 
 
-async def _resync_forever(ctl: Controller) -> None:
-    """Level-based safety net: revisit every object periodically, whatever events were lost."""
+async def _resync_forever(ctl: Controller, first_now: bool = False) -> None:
+    """Level-based safety net: revisit every object periodically, whatever events were lost.
+    ``first_now``: a replica that just took over visits everything at once."""
     scope = [n for n in os.environ.get("SPECDECODE_NAMESPACES", "").split(",") if n] or [None]
     while True:
-        await asyncio.sleep(RESYNC_SECONDS)
+        if not first_now:
+            await asyncio.sleep(RESYNC_SECONDS)
+        first_now = False
         try:
             for namespace in scope:
                 listed = await ctl.kube.list_sdds(namespace)
