@@ -90,3 +90,38 @@ def test_standby_takes_over_mid_rollout(haplane: LocalPlane, tmp_path: Path) -> 
         for op in ops.values():
             if op.comp and op.comp.alive:
                 op.stop()
+
+
+def test_sigkill_at_random_points_of_k_rollouts_converges(haplane: LocalPlane,
+                                                          tmp_path: Path) -> None:
+    """SIGKILL of the operator at a random moment of each of five K changes: each converges
+    with exactly one new ReplicaSet per change (the property issue 11 saw hold; kept)."""
+    import random
+
+    plane, ns = haplane, "kill"
+    plane.kubectl("create", "namespace", ns)
+    rnd = random.Random(11)
+    op = start_operator(plane, tmp_path / "op")
+    try:
+        apply(plane, sdd_doc("m", ns, SPEC))
+        wait_for("Ready", lambda: condition(
+            get_json(plane, "sdd", "m", "-n", ns), "Ready").get("status") == "True", 60)
+        for i, k in enumerate([5, 2, 7, 4, 6]):
+            apply(plane, sdd_doc("m", ns, {**SPEC, "draftTokens": {"initial": k, "min": 1,
+                                                                    "max": 8}}))
+            time.sleep(rnd.uniform(0.0, 1.5))  # the fault's random point, not a wait
+            assert op.comp and op.comp.proc
+            op.comp.proc.kill()
+            op.comp = None
+            op.start()
+            wait_for(f"K={k} converged", lambda k=k: (
+                s := get_json(plane, "sdd", "m", "-n", ns))
+                and s["status"].get("observedGeneration") == s["metadata"]["generation"]
+                and s["status"].get("draftTokens", {}).get("current") == k
+                and s["status"].get("updatedReplicas") == 2
+                and condition(s, "Ready").get("status") == "True", timeout=90)
+            rs = get_json(plane, "rs", "-n", ns, "-l", "specdecode.io/deployment=m")["items"]
+            assert len(rs) == i + 2, (k, [r["metadata"]["name"] for r in rs])
+            assert k_of(get_json(plane, "deployment", "m", "-n", ns)) == k
+    finally:
+        op.stop()
