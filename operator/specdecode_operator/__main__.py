@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     # One line per API request drowns the operator's own messages.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if not args.verbose:  # Kopf logs every handled watch event at INFO
+    if not args.verbose:  # Kopf logs every handled watch event and liveness probe at INFO
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("kopf.activities.probe").setLevel(logging.WARNING)
     if args.namespace:
         os.environ["SPECDECODE_NAMESPACES"] = ",".join(args.namespace)
     if args.metrics_port:
