@@ -28,7 +28,7 @@ Key = tuple[str, str]  # (namespace, name)
 DISCOVERY_TTL = float(os.environ.get("SPECDECODE_DISCOVERY_TTL", "60"))
 # Reconciles in flight at once: hundreds of objects at start-up must queue here rather than
 # time out waiting for one of the API client's pooled connections.
-MAX_CONCURRENT = int(os.environ.get("SPECDECODE_MAX_CONCURRENT_RECONCILES", "16"))
+MAX_CONCURRENT = int(os.environ.get("SPECDECODE_MAX_CONCURRENT_RECONCILES", "32"))
 
 
 def _now() -> str:
