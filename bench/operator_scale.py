@@ -93,9 +93,12 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
-def with_status(plane: LocalPlane, ns: str) -> int:
+def with_status(plane: LocalPlane, ns: str, ready: bool = False) -> int:
+    """How many SDDs have a status (``ready``: and are Ready)."""
     items = json.loads(plane.kubectl("get", "sdd", "-n", ns, "-o", "json").stdout)["items"]
-    return sum(1 for o in items if (o.get("status") or {}).get("observedGeneration"))
+    return sum(1 for o in items if (o.get("status") or {}).get("observedGeneration") and (
+        not ready or any(c.get("type") == "Ready" and c.get("status") == "True"
+                         for c in o["status"].get("conditions") or [])))
 
 
 def writes_by_kind(writes: list[dict]) -> str:
@@ -133,6 +136,12 @@ def scale(plane: LocalPlane, prom: PrometheusServer, work: Path, n: int, quiet: 
     try:
         apply_and_wait_status(plane, "bench-scale-base", 10)
         apply_and_wait_status(plane, ns, n)
+        # Quiet means settled: every pod Ready (kwok is slow with hundreds), then no reconcile.
+        t0 = time.monotonic()
+        while with_status(plane, ns, ready=True) < n and time.monotonic() - t0 < 900:
+            time.sleep(2.0)
+        print(f"scale: Ready on {with_status(plane, ns, ready=True)}/{n} after another "
+              f"{time.monotonic() - t0:.1f} s")
         wait_quiet(op, settle=5, timeout=600)
         since = utc_now()
         time.sleep(quiet)
