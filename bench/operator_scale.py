@@ -138,7 +138,7 @@ def scale(plane: LocalPlane, prom: PrometheusServer, work: Path, n: int, quiet: 
         apply_and_wait_status(plane, ns, n)
         # Quiet means settled: every pod Ready (kwok is slow with hundreds), then no reconcile.
         t0 = time.monotonic()
-        while with_status(plane, ns, ready=True) < n and time.monotonic() - t0 < 900:
+        while with_status(plane, ns, ready=True) < n and time.monotonic() - t0 < 300:
             time.sleep(2.0)
         print(f"scale: Ready on {with_status(plane, ns, ready=True)}/{n} after another "
               f"{time.monotonic() - t0:.1f} s")
@@ -173,7 +173,8 @@ def main() -> int:
     ap.add_argument("--only", choices=["scale"], help="run only this section")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="specdecode-bench-"))
-    nodes = GPUNodePool(count=4, gpus_per_node=64)
+    # Room for every pod of section 4 (one GPU each): unschedulable pods are not "quiet".
+    nodes = GPUNodePool(count=max(4, -(-(args.scale + 10) // 64)), gpus_per_node=64)
     with LocalPlane(workdir=work / "plane", nodes=nodes) as plane, \
             PrometheusServer(work / "prom", scrape_interval="2s") as prom:
         install_crds(plane)
