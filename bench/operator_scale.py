@@ -9,18 +9,27 @@
 3. One tuning cycle over --sdds SDDs, each with an endpoint serving vLLM counters scraped by
    Prometheus: Prometheus queries per cycle (at 1 SDD and at --sdds), cycle time, and the
    pure decide() latency.
+4. Scale: --scale SDDs applied at once: time until every one has a status, then the
+   operator's API writes in a quiet minute (a periodic resync included) and after a restart
+   of the operator (its first full pass over everything). Baseline: the time to status of
+   ten SDDs applied the same way just before, in the same run (per SDD).
+
+    python bench/operator_scale.py --only scale --scale 500
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -83,16 +92,94 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
+def with_status(plane: LocalPlane, ns: str, ready: bool = False) -> int:
+    """How many SDDs have a status (``ready``: and are Ready)."""
+    items = json.loads(plane.kubectl("get", "sdd", "-n", ns, "-o", "json").stdout)["items"]
+    return sum(1 for o in items if (o.get("status") or {}).get("observedGeneration") and (
+        not ready or any(c.get("type") == "Ready" and c.get("status") == "True"
+                         for c in o["status"].get("conditions") or [])))
+
+
+def writes_by_kind(writes: list[dict]) -> str:
+    def kind(w: dict) -> str:
+        ref = w["objectRef"]
+        sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
+        return f"{w['verb']} {ref.get('resource')}{sub}"
+    kinds = Counter(kind(w) for w in writes)
+    return ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) or "none"
+
+
+def apply_and_wait_status(plane: LocalPlane, ns: str, n: int) -> None:
+    plane.kubectl("create", "namespace", ns)
+    docs = [sdd(f"s{i:04d}", ns, "Recommend") for i in range(n)]
+    t0 = time.monotonic()
+    for i in range(0, n, 100):  # kubectl apply of a few hundred KB at a time
+        plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs[i:i + 100]))
+    applied = time.monotonic() - t0
+    done = 0
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and (done := with_status(plane, ns)) < n:
+        time.sleep(1.0)
+    took = time.monotonic() - t0
+    services = len(json.loads(plane.kubectl("get", "svc", "-n", ns, "-o", "json")
+                              .stdout)["items"])
+    print(f"scale: {n} SDDs applied in {applied:.1f} s; status on {done}/{n} after "
+          f"{took:.1f} s ({took / n * 1000:.0f} ms per SDD); {services} Services")
+
+
+def scale(plane: LocalPlane, prom: PrometheusServer, work: Path, n: int, quiet: float) -> None:
+    """Section 4: n SDDs at once; status on all; writes when quiet and after a restart. The
+    baseline is 10 SDDs applied the same way first, in the same run."""
+    ns = "bench-scale"
+    op = start_operator(plane, work / "op-scale", env={"SPECDECODE_PROMETHEUS_URL": prom.url})
+    try:
+        apply_and_wait_status(plane, "bench-scale-base", 10)
+        apply_and_wait_status(plane, ns, n)
+        # Quiet means settled: every pod Ready (kwok is slow with hundreds), then no reconcile.
+        t0 = time.monotonic()
+        while with_status(plane, ns, ready=True) < n and time.monotonic() - t0 < 300:
+            time.sleep(2.0)
+        print(f"scale: Ready on {with_status(plane, ns, ready=True)}/{n} after another "
+              f"{time.monotonic() - t0:.1f} s")
+        wait_quiet(op, settle=5, timeout=600)
+        since = utc_now()
+        time.sleep(quiet)
+        writes = [w for w in plane.audit_writes(op.username, since)
+                  if w["objectRef"].get("namespace") == ns]
+        print(f"scale: API writes in a quiet {quiet:.0f} s (resync every "
+              f"{os.environ.get('SPECDECODE_RESYNC_SECONDS', '60')} s): {len(writes)} "
+              f"({writes_by_kind(writes)})")
+        since, before = utc_now(), 0.0
+        op.restart()
+        t0 = time.monotonic()
+        op.wait_reconciles(before + n, timeout=600)
+        wait_quiet(op, settle=5, timeout=600)
+        writes = [w for w in plane.audit_writes(op.username, since)
+                  if w["objectRef"].get("namespace") == ns]
+        print(f"scale: after an operator restart, {op.reconciles():.0f} reconciles in "
+              f"{time.monotonic() - t0:.1f} s, API writes: {len(writes)} "
+              f"({writes_by_kind(writes)})")
+    finally:
+        op.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=50)
     ap.add_argument("--sdds", type=int, default=200)
+    ap.add_argument("--scale", type=int, default=500)
+    ap.add_argument("--quiet-seconds", type=float, default=60)
+    ap.add_argument("--only", choices=["scale"], help="run only this section")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="specdecode-bench-"))
-    nodes = GPUNodePool(count=4, gpus_per_node=64)
+    # Room for every pod of section 4 (one GPU each): unschedulable pods are not "quiet".
+    nodes = GPUNodePool(count=max(4, -(-(args.scale + 10) // 64)), gpus_per_node=64)
     with LocalPlane(workdir=work / "plane", nodes=nodes) as plane, \
             PrometheusServer(work / "prom", scrape_interval="2s") as prom:
         install_crds(plane)
+        if args.only == "scale":
+            scale(plane, prom, work, args.scale, args.quiet_seconds)
+            return 0
         op = start_operator(plane, work / "op", env={"SPECDECODE_PROMETHEUS_URL": prom.url})
         try:
             # 1. apply -> Deployment latency
@@ -170,6 +257,7 @@ def main() -> int:
             print(f"tuning cycle over {n} SDDs: {evaluated} evaluated, {queries} Prometheus "
                   f"queries, {secs:.2f} s ({secs / max(1, evaluated) * 1000:.0f} ms per SDD, "
                   f"including its status write)")
+        scale(plane, prom, work, args.scale, args.quiet_seconds)
     # Pure decision latency.
     from tests.unit.test_autotune import window  # a realistic window, K=5
 

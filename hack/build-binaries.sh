@@ -18,7 +18,9 @@ KUBE_VERSION=v1.37.2
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
 
-command -v go >/dev/null || { echo "build-binaries: go is not installed (need Go >= 1.26)" >&2; exit 1; }
+# Go missing or too old: hack/install-go.sh fetches the pinned toolchain (see there).
+gobin=$("$here/install-go.sh")
+export PATH="$gobin:$PATH"
 
 # Bump when the way binaries are built changes (flags, stamping); stage files are keyed apart.
 RECIPE=1

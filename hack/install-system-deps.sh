@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # System packages the tests and the demo need, from Debian's archive: Prometheus (the
-# autotuner's metrics source in integration tests).
+# autotuner's metrics source in integration tests), and Go via hack/install-go.sh.
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
 
 need=()
 command -v prometheus >/dev/null || need+=(prometheus)
-command -v go >/dev/null || { echo "[install-system-deps] Go >= 1.26 is required to build the control plane (Debian's golang-go is too old)" >&2; exit 1; }
+# Go >= 1.26 for the control-plane build: found, or fetched by hack/install-go.sh.
+"$(dirname "${BASH_SOURCE[0]}")/install-go.sh" >/dev/null
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=""

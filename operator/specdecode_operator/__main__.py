@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     # One line per API request drowns the operator's own messages.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if not config.verbose:  # Kopf logs every handled watch event at INFO
+    if not config.verbose:  # Kopf logs every handled watch event and liveness probe at INFO
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("kopf.activities.probe").setLevel(logging.WARNING)
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.metrics_host)
     kopf.run(

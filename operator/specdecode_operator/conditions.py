@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .api import LABEL_SDD
+from .names import label_value
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def status(
         "replicas": int(st.get("replicas") or 0),
         "readyReplicas": int(st.get("readyReplicas") or 0),
         "updatedReplicas": int(st.get("updatedReplicas") or 0),
-        "selector": f"{LABEL_SDD}={name}",
+        "selector": f"{LABEL_SDD}={label_value(name)}",
         "conditions": merge_transition_times(
             conditions(sdd, desired_replicas, obs), old.get("conditions") or [], now),
     }

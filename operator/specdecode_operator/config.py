@@ -24,6 +24,7 @@ class OperatorConfig:
     autotune_tick: float = 10.0               # seconds between tuning cycles
     resync_seconds: float = 60.0              # level-based revisit of every object
     discovery_ttl: float = 60.0               # how long "is the PodMonitor CRD there" holds
+    max_concurrent_reconciles: int = 32       # reconciles in flight at once
     labels: Labels = field(default_factory=Labels)
     liveness: str = "http://0.0.0.0:8080/healthz"
     metrics_port: int = 8081
@@ -50,6 +51,16 @@ def _number(minimum: float, strict: bool) -> Callable[[str], float]:
     return conv
 
 
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return v
+
+
 def _port(text: str) -> int:
     try:
         v = int(text)
@@ -72,6 +83,8 @@ _SETTINGS: list[tuple[str, str, Callable[[str], object], str, str]] = [
      "seconds between level-based reconciles of every object"),
     ("--discovery-ttl", "SPECDECODE_DISCOVERY_TTL", _number(0, False), "60",
      "seconds the PodMonitor CRD's presence is cached"),
+    ("--max-concurrent-reconciles", "SPECDECODE_MAX_CONCURRENT_RECONCILES", _count, "32",
+     "reconciles in flight at once (the API client pools 100 connections)"),
     ("--liveness", "SPECDECODE_LIVENESS", str, "http://0.0.0.0:8080/healthz",
      "liveness endpoint URL, or '' to disable"),
     ("--metrics-port", "SPECDECODE_METRICS_PORT", _port, "8081",
@@ -120,6 +133,7 @@ def parse(argv: Sequence[str] | None, environ: Mapping[str, str]) -> OperatorCon
         autotune_tick=args.autotune_tick,
         resync_seconds=args.resync_seconds,
         discovery_ttl=args.discovery_ttl,
+        max_concurrent_reconciles=args.max_concurrent_reconciles,
         labels=labels,
         liveness=args.liveness,
         metrics_port=args.metrics_port,

@@ -16,14 +16,15 @@ from typing import Any
 
 from lightkube import ApiError
 
-from . import api, conditions, draft_tokens, metrics
+from . import api, conditions, draft_tokens, failures, metrics
 from .kube import Kube
 from .reconcile import needs_apply
-from .render import render
+from .render import render, selector_labels
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+
 
 
 def _now() -> str:
@@ -34,14 +35,28 @@ def _now() -> str:
 class Controller:
     kube: Kube
     discovery_ttl: float = 60.0  # seconds the PodMonitor CRD's presence (or absence) holds
+    # False on a standby replica (leader election): triggers are dropped until elected.
+    active: bool = True
+    # Reconciles in flight at once: hundreds of objects at start-up must queue here rather
+    # than time out waiting for one of the API client's pooled connections.
+    max_concurrent: int = 32
     # At most one reconcile per object runs (the tuner writes only its own status fields,
     # so it needs no lock with the reconciler).
     _running: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
     _again: set[Key] = field(default_factory=set)
     _pod_monitor: tuple[float, bool] = (0.0, False)
+    # Consecutive failed reconciles per object, and their scheduled retries.
+    _failures: dict[Key, int] = field(default_factory=dict)
+    _retries: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
+    _slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.max_concurrent)
 
     # ---- triggering ----------------------------------------------------------------------
     def trigger(self, namespace: str, name: str) -> None:
+        if not self.active:
+            return
         key = (namespace, name)
         if key in self._running:
             self._again.add(key)
@@ -65,17 +80,50 @@ class Controller:
 
     # ---- one pass ------------------------------------------------------------------------
     async def reconcile_key(self, namespace: str, name: str) -> None:
-        t0 = time.monotonic()
+        key = (namespace, name)
+        async with self._slots:
+            t0 = time.monotonic()
+            sdd = None
+            try:
+                sdd = await self.kube.get_sdd(namespace, name)
+                if sdd is not None:  # deleted: garbage collection removes the children
+                    await self.reconcile(sdd)
+                self._succeeded(key)
+            except Exception as e:
+                metrics.RECONCILE_ERRORS.inc()
+                log.exception("reconcile of %s/%s failed", namespace, name)
+                await self._failed(key, sdd, e)
+            finally:
+                metrics.RECONCILE_SECONDS.observe(time.monotonic() - t0)
+
+    def _succeeded(self, key: Key) -> None:
+        self._failures.pop(key, None)
+        handle = self._retries.pop(key, None)
+        if handle:
+            handle.cancel()
+
+    async def _failed(self, key: Key, sdd: dict[str, Any] | None, exc: Exception) -> None:
+        """Report the problem on the object (once per distinct problem) and retry later."""
+        n = self._failures[key] = self._failures.get(key, 0) + 1
+        delay = failures.retry_delay(n)
+        if key not in self._retries:
+            def fire(k: Key = key) -> None:
+                self._retries.pop(k, None)
+                self.trigger(*k)
+            self._retries[key] = asyncio.get_running_loop().call_later(delay, fire)
+        if sdd is None:
+            return  # not even read: the API is away; the retry reports once it is back
+        reason, message = failures.describe(exc)
+        live = sdd.get("status")
+        if not failures.is_new_problem(live, reason, message):
+            return
         try:
-            sdd = await self.kube.get_sdd(namespace, name)
-            if sdd is None:  # deleted: garbage collection removes the children
-                return
-            await self.reconcile(sdd)
-        except Exception:
-            metrics.RECONCILE_ERRORS.inc()
-            log.exception("reconcile of %s/%s failed", namespace, name)
-        finally:
-            metrics.RECONCILE_SECONDS.observe(time.monotonic() - t0)
+            await self.kube.apply_status(
+                sdd, failures.degraded_status(live, reason, message, _now()),
+                manager=api.OPERATOR_MANAGER)
+            await self.kube.event(sdd, "Warning", reason, message)
+        except Exception as e:  # the API may be the problem; the retry tries again
+            log.warning("%s/%s: could not report %s: %s", *key, reason, e)
 
     async def _pod_monitor_available(self) -> bool:
         # The CRD rarely appears or goes: look again at most every discovery_ttl seconds.
@@ -123,7 +171,7 @@ class Controller:
             if m["kind"] == "Deployment":
                 deployment = live
 
-        pods = await self.kube.list_pods(ns, {api.LABEL_SDD: name})
+        pods = await self.kube.list_pods(ns, selector_labels(name))
         gpu_resource = view.gpu_resource
         nodes_offering = None
         if conditions._unschedulable(pods):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from . import vllm_flags
+
 GROUP = "specdecode.io"
 VERSION = "v1alpha1"
 KIND = "SpecDecodeDeployment"
@@ -29,21 +31,10 @@ DRAFTER_METHODS = ["mtp", "eagle", "eagle3", "draft_model", "ngram", "suffix", "
 METHODS_REQUIRING_MODEL = ["eagle", "eagle3", "draft_model"]
 METHODS_FORBIDDING_MODEL = ["ngram", "suffix", "none"]
 
-# Engine flags the operator renders itself, with the field a user sets instead.
-OWNED_FLAGS: dict[str, str] = {
-    "--speculative-config": "spec.drafter and spec.draftTokens",
-    "-sc": "spec.drafter and spec.draftTokens",
-    "--model": "spec.model.name",
-    "--served-model-name": "spec.model.servedName",
-    "--revision": "spec.model.revision",
-    "--max-model-len": "spec.model.maxModelLen",
-    "--tensor-parallel-size": "spec.tensorParallelSize",
-    "-tp": "spec.tensorParallelSize",
-    "--port": "spec.service.port",
-    "--host": "nothing (the operator binds 0.0.0.0 inside the pod)",
-    "--disable-log-stats": "nothing (it turns off the metrics the autotuner reads)",
-    "--hf-token": "spec.model.hfTokenSecretRef",
-}
+# Engine flags the operator renders itself, with the field a user sets instead (vllm_flags).
+OWNED_FLAGS = vllm_flags.OWNED
+# Longest engineArgs entry: bounds the cost of the CEL checks (a JSON config fits easily).
+MAX_ENGINE_ARG_LENGTH = 4096
 
 
 # ---- schema builders -------------------------------------------------------------------------
@@ -121,13 +112,19 @@ def _model() -> dict[str, Any]:
                 "Hugging Face model id (e.g. google/gemma-4-31B-it) or a path inside the pod. "
                 "Rendered as `vllm serve <name>`.",
                 minLength=1, maxLength=512,
+                **{"x-kubernetes-validations": not_a_flag(
+                    "model.name", "the Hugging Face id (org/model) or a path in the pod")},
             ),
             "servedName": string(
                 "Model name clients use in API requests (--served-model-name). "
                 "Defaults to model.name.", minLength=1, maxLength=256,
+                **{"x-kubernetes-validations": not_a_flag(
+                    "model.servedName", "the name clients put in requests")},
             ),
             "revision": string("Model revision: branch, tag or commit (--revision).",
-                               minLength=1, maxLength=128),
+                               minLength=1, maxLength=128,
+                               **{"x-kubernetes-validations": not_a_flag(
+                                   "model.revision", "a branch, tag or commit")}),
             "maxModelLen": integer("Maximum context length in tokens (--max-model-len).",
                                    minimum=16, maximum=10_000_000),
             "hfTokenSecretRef": obj(
@@ -160,8 +157,12 @@ def _drafter() -> dict[str, Any]:
                 "Drafter checkpoint (Hugging Face id or path). Required for "
                 f"{need}; optional for mtp; not allowed for {forbid}.",
                 minLength=1, maxLength=512,
+                **{"x-kubernetes-validations": not_a_flag(
+                    "drafter.model", "the Hugging Face id (org/model) or a path in the pod")},
             ),
-            "revision": string("Drafter checkpoint revision.", minLength=1, maxLength=128),
+            "revision": string("Drafter checkpoint revision.", minLength=1, maxLength=128,
+                               **{"x-kubernetes-validations": not_a_flag(
+                                   "drafter.revision", "a branch, tag or commit")}),
             "draftTensorParallelSize": integer(
                 "Tensor parallel size of the drafter: 1 or the target's tensorParallelSize.",
                 minimum=1, maximum=64,
@@ -254,18 +255,29 @@ def _gpu() -> dict[str, Any]:
     )
 
 
+def _cel_literal(s: str) -> str:
+    if "'" in s or "\\" in s:
+        raise ValueError(f"not a plain CEL string literal: {s}")
+    return s
+
+
+def not_a_flag(field: str, what: str) -> list[dict[str, str]]:
+    """vLLM's parser reads an argument starting with '-' as a flag, never as a name."""
+    return [{"rule": "!self.startsWith('-')",
+             "message": f"{field} must not start with '-': vLLM would read it as a flag; "
+                        f"write {what}"}]
+
+
 def _engine_args() -> dict[str, Any]:
-    rules = []
-    for flag, instead in OWNED_FLAGS.items():
-        # Exact flag or flag=value: --model-impl must not match --model.
-        rules.append((
-            f"self.all(a, a != '{flag}' && !a.startsWith('{flag}='))",
-            f"engineArgs must not contain {flag}: the operator renders it; use {instead}",
-        ))
+    # One rule per owned flag, matching every spelling vLLM's parser reads as it (see
+    # vllm_flags: prefixes, underscores, =value, dotted sub-keys, short aliases).
+    rules = [(f"self.all(a, !a.matches('{_cel_literal(vllm_flags.spelling_regex(flag))}'))",
+              vllm_flags.message(flag)) for flag in OWNED_FLAGS]
     return array(
         "Extra vLLM serve flags, passed through in order (e.g. --max-num-seqs=128). Flags the "
-        "operator renders are rejected with the field to use instead.",
-        string("One command-line argument."),
+        "operator renders are rejected with the field to use instead, in every spelling vLLM "
+        "accepts for them.",
+        string("One command-line argument.", maxLength=MAX_ENGINE_ARG_LENGTH),
         maxItems=128,
         **{"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]},
     )

@@ -3,27 +3,49 @@
 Only event handlers and a startup task are used, so Kopf stores nothing on the user's object
 (no progress annotations, no finalizers): GitOps tools see no drift. The configuration comes
 in Kopf's memo (``memo.config``, set by ``__main__``); the startup handler puts the controller
-there (``memo.controller``), where every handler finds it.
+and the liveness watchdog there (``memo.controller``, ``memo.watchdog``), where every handler
+finds them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import kopf
 
-from . import crd
+from . import crd, leader
 from .api import LABEL_MANAGED_BY, LABEL_SDD, MANAGER
 from .autotune.loop import Tuner
 from .config import OperatorConfig
 from .controller import Controller
 from .kube import Kube
+from .names import sdd_name
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
 CHILD_FILTER = {LABEL_MANAGED_BY: MANAGER, LABEL_SDD: kopf.PRESENT}
+
+
+class _Backoffs:
+    """Kopf's API retry delays: 1, 2, 5, then every 10 s for ever. A finite list makes Kopf
+    give up (and stop watching) when the API server is away longer than its sum, e.g. its
+    503s while a restarted apiserver installs its paths."""
+
+    def __iter__(self) -> Iterator[float]:
+        yield from (1, 2, 5)
+        yield from itertools.repeat(10)
+
+
+def controller() -> Controller:
+    if _controller is None:
+        raise RuntimeError("the operator has not started")
+    return _controller
 
 
 def _controller(memo: kopf.Memo) -> Controller:
@@ -31,6 +53,10 @@ def _controller(memo: kopf.Memo) -> Controller:
     if ctl is None:
         raise RuntimeError("the operator has not started")
     return ctl  # type: ignore[no-any-return]
+
+
+def _watchdog(memo: kopf.Memo) -> Watchdog:
+    return memo["watchdog"]  # type: ignore[no-any-return]
 
 
 @kopf.on.startup()
@@ -42,17 +68,44 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.enabled = False  # we post our own Events, only for real changes
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.networking.error_backoffs = [1, 2, 5, 10]
+    settings.networking.error_backoffs = _Backoffs()
     kube = Kube.from_env(config.kubeconfig)
-    ctl = Controller(kube, discovery_ttl=config.discovery_ttl)
+    ctl = Controller(kube, discovery_ttl=config.discovery_ttl, active=not leader.ENABLED,
+                     max_concurrent=config.max_concurrent_reconciles)
     memo["controller"] = ctl
-    memo["resync"] = asyncio.create_task(_resync_forever(ctl, config))
-    memo["tuner"] = asyncio.create_task(Tuner.from_config(kube, config).run_forever())
+    memo["watchdog"] = Watchdog(resync_seconds=config.resync_seconds, started=time.monotonic())
+
+    async def act() -> None:
+        """Start reconciling and tuning (at once, or when this replica is elected)."""
+        ctl.active = True
+        memo["resync"] = asyncio.create_task(
+            _resync_forever(ctl, config, memo["watchdog"], first_now=leader.ENABLED))
+        memo["tuner"] = asyncio.create_task(Tuner.from_config(kube, config).run_forever())
+
+    if leader.ENABLED:
+        memo["leader"] = asyncio.create_task(leader.Elector(kube.client).run(act))
+    else:
+        await act()
+
+
+@kopf.on.probe(id="watchdog")
+async def watchdog(memo: kopf.Memo, **_: Any) -> str:
+    """Liveness: raising makes Kopf's endpoint answer 500 (the kubelet restarts the pod)."""
+    task = memo.get("resync")
+    ctl = _controller(memo)
+    if not ctl.active:
+        return "standby"
+    if task is not None and task.done():
+        raise kopf.PermanentError("the periodic resync loop has ended")
+    problem = _watchdog(memo).problem(time.monotonic(), await ctl.kube.api_answers())
+    if problem:
+        raise kopf.PermanentError(problem)
+    return "ok"
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("resync", "tuner"):
+    for name in ("leader", "resync", "tuner"):
         task = memo.get(name)
         if task:
             task.cancel()
@@ -62,14 +115,22 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await ctl.kube.close()
 
 
-async def _resync_forever(ctl: Controller, config: OperatorConfig) -> None:
-    """Level-based safety net: revisit every object periodically, whatever events were lost."""
+async def _resync_forever(ctl: Controller, config: OperatorConfig, dog: Watchdog,
+                          first_now: bool = False) -> None:
+    """Level-based safety net: revisit every object periodically, whatever events were lost.
+    ``first_now``: a replica that just took over visits everything at once."""
     while True:
-        await asyncio.sleep(config.resync_seconds)
+        if not first_now:
+            await asyncio.sleep(config.resync_seconds)
+        first_now = False
         try:
             for namespace in config.scope:
-                for sdd in await ctl.kube.list_sdds(namespace):
+                listed = await ctl.kube.list_sdds(namespace)
+                for sdd in listed:
                     ctl.trigger(sdd["metadata"]["namespace"], sdd["metadata"]["name"])
+                dog.listed(time.monotonic(), {
+                    (o["metadata"]["namespace"], o["metadata"]["name"]):
+                        o["metadata"].get("resourceVersion", "") for o in listed})
         except Exception:  # keep the loop alive; the next round tries again
             log.exception("periodic resync failed")
 
@@ -77,36 +138,42 @@ async def _resync_forever(ctl: Controller, config: OperatorConfig) -> None:
 @kopf.on.event(crd.GROUP, crd.VERSION, crd.PLURAL)
 async def sdd_event(event: dict[str, Any], name: str, namespace: str, memo: kopf.Memo,
                     **_: Any) -> None:
+    dog = memo.get("watchdog")
+    if dog is not None:
+        dog.saw_event((namespace, name),
+                      ((event.get("object") or {}).get("metadata") or {}).get("resourceVersion"))
     if event.get("type") == "DELETED":
         return
     _controller(memo).trigger(namespace, name)
 
 
-def _child_event(labels: dict[str, str], namespace: str, memo: kopf.Memo) -> None:
-    owner = labels.get(LABEL_SDD)
+def _child_event(labels: dict[str, str], namespace: str, memo: kopf.Memo,
+                 annotations: dict[str, str] | None = None) -> None:
+    # A long SDD name is annotated in full; its label holds a short form (names.py).
+    owner = sdd_name(labels, annotations or {}, LABEL_SDD)
     if owner:
         _controller(memo).trigger(namespace, owner)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD_FILTER)
-async def deployment_event(labels: dict[str, str], namespace: str, memo: kopf.Memo,
-                           **_: Any) -> None:
-    _child_event(labels, namespace, memo)
+async def deployment_event(labels: dict[str, str], namespace: str, annotations: dict[str, str],
+                           memo: kopf.Memo, **_: Any) -> None:
+    _child_event(labels, namespace, memo, annotations)
 
 
 @kopf.on.event("v1", "services", labels=CHILD_FILTER)
-async def service_event(labels: dict[str, str], namespace: str, memo: kopf.Memo,
-                        **_: Any) -> None:
-    _child_event(labels, namespace, memo)
+async def service_event(labels: dict[str, str], namespace: str, annotations: dict[str, str],
+                        memo: kopf.Memo, **_: Any) -> None:
+    _child_event(labels, namespace, memo, annotations)
 
 
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_FILTER)
-async def pdb_event(labels: dict[str, str], namespace: str, memo: kopf.Memo,
-                    **_: Any) -> None:
-    _child_event(labels, namespace, memo)
+async def pdb_event(labels: dict[str, str], namespace: str, annotations: dict[str, str],
+                    memo: kopf.Memo, **_: Any) -> None:
+    _child_event(labels, namespace, memo, annotations)
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_FILTER)
-async def pod_event(labels: dict[str, str], namespace: str, memo: kopf.Memo,
-                    **_: Any) -> None:
-    _child_event(labels, namespace, memo)
+async def pod_event(labels: dict[str, str], namespace: str, annotations: dict[str, str],
+                    memo: kopf.Memo, **_: Any) -> None:
+    _child_event(labels, namespace, memo, annotations)

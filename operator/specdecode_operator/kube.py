@@ -60,6 +60,16 @@ class Kube:
                 return None
             raise
 
+    async def api_answers(self) -> bool:
+        """True when the API server responds at all (any status: 404 and 403 count)."""
+        try:
+            await self.client.get(SDD, "specdecode-liveness-probe", namespace="default")
+        except ApiError:
+            return True
+        except Exception:
+            return False
+        return True
+
     async def list_sdds(self, namespace: str | None = None) -> list[dict[str, Any]]:
         ns = namespace if namespace is not None else "*"
         return [_to_dict(o) async for o in self.client.list(SDD, namespace=ns)]

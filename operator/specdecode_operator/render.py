@@ -9,7 +9,7 @@ import hashlib
 import json
 from typing import Any
 
-from . import crd
+from . import crd, names, vllm_flags
 from .api import (  # the operator's names live in api.py; imported from here too
     ANNOTATION_HASH,
     ANNOTATION_SPEC_CONFIG,
@@ -46,8 +46,28 @@ def speculative_config(spec: dict[str, Any], k: int) -> dict[str, Any]:
     return cfg
 
 
+class InvalidSpec(ValueError):
+    """A spec the CRD's validation should have refused (an older CRD, or a hand-made object):
+    rendering it would hand vLLM flags that override what the operator renders."""
+
+
+def check_args(spec: dict[str, Any]) -> None:
+    """Defence in depth behind the CRD's CEL rules: the same checks, from the same source."""
+    problems = vllm_flags.problems(list(spec.get("engineArgs", [])))
+    names_ = {"model.name": spec["model"].get("name"),
+              "model.servedName": spec["model"].get("servedName"),
+              "model.revision": spec["model"].get("revision"),
+              "drafter.model": (spec.get("drafter") or {}).get("model"),
+              "drafter.revision": (spec.get("drafter") or {}).get("revision")}
+    problems += [f"{field} must not start with '-': vLLM would read it as a flag"
+                 for field, value in names_.items() if str(value or "").startswith("-")]
+    if problems:
+        raise InvalidSpec("; ".join(problems))
+
+
 def vllm_args(spec: dict[str, Any], k: int | None) -> list[str]:
     """Arguments after ``vllm serve``."""
+    check_args(spec)
     model = spec["model"]
     args = [
         model["name"],
@@ -67,17 +87,25 @@ def vllm_args(spec: dict[str, Any], k: int | None) -> list[str]:
 
 
 def selector_labels(name: str) -> dict[str, str]:
-    return {LABEL_SDD: name}
+    """Labels selecting the pods of SDD ``name`` (always a valid label value, see names)."""
+    return {LABEL_SDD: names.label_value(name)}
 
 
 def common_labels(name: str) -> dict[str, str]:
+    value = names.label_value(name)
     return {
         "app.kubernetes.io/name": "vllm",
-        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/instance": value,
         "app.kubernetes.io/component": "inference-server",
         LABEL_MANAGED_BY: MANAGER,
-        LABEL_SDD: name,
+        LABEL_SDD: value,
     }
+
+
+def name_annotations(name: str) -> dict[str, str]:
+    """The full SDD name, on children and pods whose names or labels carry a short form only
+    (absent otherwise, so objects of names that always fitted render as before)."""
+    return {names.ANNOTATION_NAME: name} if names.is_derived(name) else {}
 
 
 def owner_reference(sdd: dict[str, Any]) -> dict[str, Any]:
@@ -91,11 +119,17 @@ def owner_reference(sdd: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def child_metadata(sdd: dict[str, Any]) -> dict[str, Any]:
-    """Every owned object has the SDD's name and namespace, its labels and its owner."""
+def child_metadata(sdd: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Every owned object is named from the SDD (names.child_name / service_name), in its
+    namespace, with its labels and its owner."""
     name = sdd["metadata"]["name"]
-    return {"name": name, "namespace": sdd["metadata"]["namespace"],
-            "labels": common_labels(name), "ownerReferences": [owner_reference(sdd)]}
+    child = names.service_name(name) if kind == "Service" else names.child_name(name)
+    meta: dict[str, Any] = {"name": child, "namespace": sdd["metadata"]["namespace"],
+                            "labels": common_labels(name),
+                            "ownerReferences": [owner_reference(sdd)]}
+    if ann := name_annotations(name):
+        meta["annotations"] = ann
+    return meta
 
 
 def _gpu_count(spec: dict[str, Any]) -> int:
@@ -182,6 +216,7 @@ def deployment(sdd: dict[str, Any], spec: dict[str, Any], k: int | None) -> dict
     port = spec["service"]["port"]
     pod_annotations = {
         **user_meta.get("annotations", {}),
+        **name_annotations(name),
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(port),
         "prometheus.io/path": "/metrics",
@@ -212,7 +247,7 @@ def deployment(sdd: dict[str, Any], spec: dict[str, Any], k: int | None) -> dict
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": child_metadata(sdd),
+        "metadata": child_metadata(sdd, "Deployment"),
         "spec": {
             "replicas": spec["replicas"],
             "selector": {"matchLabels": selector_labels(name)},
@@ -235,7 +270,7 @@ def service(sdd: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": child_metadata(sdd),
+        "metadata": child_metadata(sdd, "Service"),
         "spec": {
             "type": svc["type"],
             "selector": selector_labels(name),
@@ -253,7 +288,7 @@ def pod_disruption_budget(sdd: dict[str, Any], spec: dict[str, Any]) -> dict[str
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": child_metadata(sdd),
+        "metadata": child_metadata(sdd, "PodDisruptionBudget"),
         "spec": {"maxUnavailable": budget["maxUnavailable"],
                  "selector": {"matchLabels": selector_labels(name)}},
     }
@@ -264,7 +299,7 @@ def pod_monitor(sdd: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
-        "metadata": child_metadata(sdd),
+        "metadata": child_metadata(sdd, "PodMonitor"),
         "spec": {
             "selector": {"matchLabels": selector_labels(name)},
             "podMetricsEndpoints": [{
@@ -273,6 +308,10 @@ def pod_monitor(sdd: dict[str, Any]) -> dict[str, Any]:
                 "relabelings": [
                     {"sourceLabels": [f"__meta_kubernetes_pod_label_{_prom(LABEL_SDD)}"],
                      "targetLabel": "sdd"},
+                    # A long name's pods carry a short label; the full name is annotated.
+                    {"sourceLabels": [
+                        f"__meta_kubernetes_pod_annotation_{_prom(names.ANNOTATION_NAME)}"],
+                     "regex": "(.+)", "targetLabel": "sdd"},
                     {"sourceLabels": [f"__meta_kubernetes_pod_label_{_prom(LABEL_K)}"],
                      "targetLabel": "draft_tokens"},
                 ],

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class OperatorProcess:
     rbac: list[dict[str, Any]] = field(default_factory=list)  # removed by remove_rbac()
     comp: Component | None = None
     metrics_port: int = 0
+    liveness_port: int = 0
     starts: int = 0
 
     @property
@@ -59,7 +61,8 @@ class OperatorProcess:
 
     def start(self) -> None:
         self.starts += 1
-        self.metrics_port, live = free_port(), free_port()
+        self.metrics_port = free_port()
+        live = self.liveness_port = free_port()
         self.comp = Component(
             "specdecode-operator",
             [sys.executable, "-m", "specdecode_operator", *self.args,
@@ -89,6 +92,15 @@ class OperatorProcess:
         if self.rbac:
             remove_rbac(self.plane, self.rbac)
             self.rbac = []
+
+    def liveness(self) -> tuple[int, str]:
+        """The liveness endpoint's HTTP status and body."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz",
+                                        timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
 
     def restart(self) -> None:
         self.stop()
@@ -145,8 +157,16 @@ def install_crds(plane: LocalPlane) -> None:
     # From the installed operator package (what `make crds` writes to crds/), so this works
     # from a wheel as well as from a checkout.
     plane.kubectl("apply", "--server-side", "-f", "-", input=crd_yaml())
-    plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                  "crd/specdecodedeployments.specdecode.io")
+    # `kubectl wait` fails outright while the new CRD has no conditions at all yet.
+    deadline = time.monotonic() + 30
+    while True:
+        r = plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                          "crd/specdecodedeployments.specdecode.io", check=False)
+        if r.returncode == 0:
+            return
+        if time.monotonic() > deadline or "accessor error" not in r.stderr:
+            raise AssertionError(f"CRD not established: {r.stderr}")
+        time.sleep(0.2)
 
 
 def _drop_verbs(docs: list[dict[str, Any]], drop: Iterable[Verb]) -> list[dict[str, Any]]:

@@ -323,3 +323,20 @@ def test_rendered_manifests_are_accepted_by_the_apiserver(
     plane.kubectl("create", "namespace", "specdecode-system", check=False)
     deploy = [d for d in yaml.safe_load_all(DEPLOY.read_text()) if d]
     assert dry_run(plane, deploy).count("(server dry run)") == len(deploy)
+
+
+def test_ha_runs_replicas_with_a_lease(helm: Helm) -> None:
+    docs = helm.template("--set", "ha.enabled=true", "--set", "replicaCount=2")
+    dep = one(docs, "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SPECDECODE_LEADER_ELECTION"]["value"] == "1"
+    assert env["SPECDECODE_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    [role] = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-leader")]
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "create", "update"]}]
+    assert env["SPECDECODE_LEASE_NAMESPACE"]["value"] == role["metadata"]["namespace"]
+    # Without ha, one replica and no Lease rights.
+    assert not [r for r in by_kind(helm.template(), "Role")
+                if r["metadata"]["name"].endswith("-leader")]

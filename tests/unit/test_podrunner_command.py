@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st_
 
-from specdecode_operator import render
+from specdecode_operator import names, render
 from specdecode_runtime.podrunner import command as cmd
 from specdecode_runtime.podrunner import status as st
 
@@ -266,3 +266,15 @@ def test_target_labels() -> None:
         render.LABEL_SDD: "llama", render.LABEL_K: "5", "other": "x"}}}
     assert st.target_labels(pod, render.LABEL_SDD, render.LABEL_K) == {
         "namespace": "n", "pod": "p", "sdd": "llama", "draft_tokens": "5"}
+
+
+def test_target_labels_carry_the_full_name_of_a_long_sdd() -> None:
+    long = "m" * 100
+    [dep] = [m for m in render.render(
+        {"metadata": {"name": long, "namespace": "n", "uid": "u"},
+         "spec": {"model": {"name": "x"}, "drafter": {"method": "mtp"}}}, 3)
+        if m["kind"] == "Deployment"]
+    pod = {"metadata": {"name": "p", "namespace": "n", **dep["spec"]["template"]["metadata"]}}
+    assert st.ANNOTATION_SDD_NAME == names.ANNOTATION_NAME
+    assert pod["metadata"]["labels"][render.LABEL_SDD] != long
+    assert st.target_labels(pod, render.LABEL_SDD, render.LABEL_K)["sdd"] == long

@@ -208,11 +208,11 @@ class LocalPlane(StartStop):
             "--log-level=warn",
         ], ports=[self.etcd_port, peer])
 
-        def healthy() -> bool:
-            with urllib.request.urlopen(f"{client_url}/health", timeout=2) as r:
-                return json.load(r).get("health") == "true"
+        self.timings["etcd_ready_s"] = etcd.wait_ready(self._etcd_healthy, timeout=60)
 
-        self.timings["etcd_ready_s"] = etcd.wait_ready(healthy, timeout=60)
+    def _etcd_healthy(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.etcd_port}/health", timeout=2) as r:
+            return json.load(r).get("health") == "true"
 
     def _start_apiserver(self) -> None:
         assert self.binaries
@@ -233,7 +233,8 @@ class LocalPlane(StartStop):
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={p.sa_pub}",
             f"--service-account-signing-key-file={p.sa_key}",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            # A /16: room for thousands of Services (a /24 held ~250; scale runs need more).
+            "--service-cluster-ip-range=10.0.0.0/16",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
             "--profiling=false",
@@ -251,14 +252,27 @@ class LocalPlane(StartStop):
         args.append(f"--disable-admission-plugins={','.join(disabled)}")
         args.append("--enable-admission-plugins=OwnerReferencesPermissionEnforcement")
         api = self._component("kube-apiserver", args, ports=[self.apiserver_port])
-        ctx = self.ssl_context()
+        self.timings["apiserver_ready_s"] = api.wait_ready(self._apiserver_ready, timeout=120)
 
-        def ready() -> bool:
-            req = urllib.request.Request(f"{self.server}/readyz")
-            with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
-                return r.status == 200
+    def _apiserver_ready(self) -> bool:
+        req = urllib.request.Request(f"{self.server}/readyz")
+        with urllib.request.urlopen(req, context=self.ssl_context(), timeout=5) as r:
+            return r.status == 200
 
-        self.timings["apiserver_ready_s"] = api.wait_ready(ready, timeout=120)
+    def restart(self, name: str, down_seconds: float = 0.0, wait_ready: bool = True) -> float:
+        """Stop component ``name`` (etcd, kube-apiserver, ...), keep it down for
+        ``down_seconds`` (the outage under test), start it again with the same arguments and
+        ports; returns the seconds it took to be ready again (what a control-plane upgrade
+        does to clients). ``wait_ready=False`` returns as soon as the process runs, so a
+        caller sees the start-up phase (503s while paths are being installed)."""
+        [comp] = [c for c in self.components if c.name == name]
+        comp.stop()
+        time.sleep(down_seconds)
+        comp.start()
+        probe = {"etcd": self._etcd_healthy, "kube-apiserver": self._apiserver_ready}.get(name)
+        if not wait_ready or probe is None:
+            return 0.0
+        return comp.wait_ready(probe, timeout=120)
 
     def _audit_policy(self) -> Path:
         assert self.workdir

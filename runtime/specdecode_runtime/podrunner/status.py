@@ -177,13 +177,19 @@ def needs_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -
     return _essence(current or {}) != _essence(desired)
 
 
+# The operator annotates pods with the full SDD name when their label holds a short form
+# (names longer than a label value allows); the tuner matches series by the full name.
+ANNOTATION_SDD_NAME = "specdecode.io/deployment-name"
+
+
 def target_labels(pod: Mapping[str, Any], sdd_label: str, k_label: str) -> dict[str, str]:
     """The file_sd labels the autotuner groups by (prometheus.TARGET_LABELS)."""
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
+    sdd = (meta.get("annotations") or {}).get(ANNOTATION_SDD_NAME) or labels.get(sdd_label, "")
     return {
         "namespace": str(meta.get("namespace", "")),
         "pod": str(meta.get("name", "")),
-        "sdd": str(labels.get(sdd_label, "")),
+        "sdd": str(sdd),
         "draft_tokens": str(labels.get(k_label, "")),
     }
