@@ -89,8 +89,9 @@ def state_to_status(state: State) -> dict[str, Any]:
         at["calibration"]["fit"] = {
             "source": c.source, "reason": c.reason, "knee": _r(c.knee),
             "theta": [_r(v) for v in c.theta], "covariance": _cov_pack(c.cov),
-            "quality": [c.quality.points, list(c.quality.ks), _r(c.quality.n_lo),
-                        _r(c.quality.n_hi), _r(c.quality.rms, 4)],
+            "quality": {"points": c.quality.points, "ks": list(c.quality.ks),
+                        "nLo": _r(c.quality.n_lo), "nHi": _r(c.quality.n_hi),
+                        "rms": _r(c.quality.rms, 4)},
         }
         if c.time is not None:
             at["calibration"]["fit"]["time"] = _t(c.time)
@@ -155,15 +156,15 @@ def _sections(at: dict[str, Any]) -> list[tuple[str, Any]]:
             theta = tuple(_f(v) for v in fit["theta"])
             if len(theta) != P:
                 raise ValueError(f"theta has {len(theta)} values, {P} expected")
-            qp, qks, qlo, qhi, qrms = fit["quality"]
+            q = fit["quality"]
             source = fit.get("source")
             if source not in ("prior", "fitted"):
                 raise ValueError(f"unknown cost model source {source!r}")
             out["cost"] = CostModel(
                 theta=theta, knee=_f(fit["knee"]), cov=_cov_unpack(fit["covariance"]),
                 source=source, reason=str(fit.get("reason") or ""),
-                quality=Quality(points=int(qp), ks=tuple(int(k) for k in qks),
-                                n_lo=_f(qlo), n_hi=_f(qhi), rms=_f(qrms)),
+                quality=Quality(points=int(q["points"]), ks=tuple(int(k) for k in q["ks"]),
+                                n_lo=_f(q["nLo"]), n_hi=_f(q["nHi"]), rms=_f(q["rms"])),
                 time=_f(fit["time"]) if fit.get("time") is not None else None)
         return out
 
