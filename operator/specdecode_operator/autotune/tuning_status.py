@@ -11,7 +11,6 @@ from typing import Any
 from ..api import TUNER_CONDITION, TUNER_KEYS
 from . import calibration
 from .calibration import NAMES, CalPoint, CostModel, P, Quality
-from .goodput import goodput
 from .observe import LOAD_QUANTILES
 from .policy import OFF, Decision, Settings, State, Window, decide
 from .regime import LOAD_GRID
@@ -290,15 +289,15 @@ def cost_model_status(settings: Settings, state: State, d: Decision,
         b, prefill = (sum(vals) / len(vals) if vals else 1.0), 0.0
         out["atBatch"] = _r(b, 4)
     out["predictedStepMs"] = _r(model.step_ms(b, k, prefill), 4)
-    # Tokens/s of all pods: per-replica goodput over the window's load, times the pods
-    # (each pod contributes one sample per load quantile).
-    length = window.mean_acceptance_length or 1.0 if k != OFF else 1.0
+    # Tokens/s of all pods: per-replica goodput E_B[B L / T(B, k)] over the window's load
+    # (with its prefill per step), times the pods (one load sample per pod and quantile).
+    length = (window.mean_acceptance_length or 1.0) if k != OFF else 1.0
     pods = max(1, round(len(window.load) / len(LOAD_QUANTILES)))
-    try:
-        tps = goodput(k, lambda _k: length, window.load, model) * pods
-        out["predictedTokensPerSecond"] = _r(tps, 4)
-    except ValueError:
-        pass
+    tw = sum(w for _, w in window.load)
+    if tw > 0:
+        per_replica = sum(w * max(1.0, bb) * length / (model.step_ms(bb, k, prefill) / 1000)
+                          for bb, w in window.load) / tw
+        out["predictedTokensPerSecond"] = _r(per_replica * pods, 4)
     if isinstance(model, CostModel) and model.time is not None:
         out["time"] = rfc3339(model.time)
     return out
