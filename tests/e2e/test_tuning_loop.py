@@ -31,8 +31,15 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         s.stop()
 
 
+REASONS: list[str] = []   # the tuner's decisions as seen, for a failure's message
+
+
 def current_k(stack: Stack) -> int | None:
     st = stack.sdd(NAMESPACE, NAME).get("status") or {}
+    at = st.get("autotune") or {}
+    r = (at.get("lastDecision") or {}).get("reason")
+    if r and (not REASONS or REASONS[-1] != r):
+        REASONS.append(f"[{(at.get('costModel') or {}).get('source')}] {r}")
     return (st.get("draftTokens") or {}).get("current")
 
 
@@ -86,5 +93,10 @@ def test_k_follows_the_workload_through_rolling_restarts(stack: Stack, tmp_path:
         assert gen.ok > 50
         print(f"e2e: K 3 -> {up} -> {down} in {time.monotonic() - t0:.0f}s; "
               f"{gen.ok} requests ({gen.errors} failed during restarts)")
+        at = stack.sdd(NAMESPACE, NAME)["status"]["autotune"]
+        print(f"e2e: status.autotune {len(json.dumps(at, separators=(',', ':')))} bytes: "
+              f"{json.dumps(at)}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; decisions seen: {REASONS}") from None
     finally:
         load.stop()
