@@ -38,8 +38,10 @@ def current_k(stack: Stack) -> int | None:
     st = stack.sdd(NAMESPACE, NAME).get("status") or {}
     at = st.get("autotune") or {}
     r = (at.get("lastDecision") or {}).get("reason")
+    cm = at.get("costModel") or {}
+    r = r and f"[{cm.get('source')}: {cm.get('reason')}; {cm.get('note')}] {r}"
     if r and (not REASONS or REASONS[-1] != r):
-        REASONS.append(f"[{(at.get('costModel') or {}).get('source')}] {r}")
+        REASONS.append(r)
     return (st.get("draftTokens") or {}).get("current")
 
 
