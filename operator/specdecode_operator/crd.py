@@ -503,8 +503,115 @@ def _decision_schema() -> dict[str, Any]:
         "to": integer("K after (equal to from when kept)."),
         "recommended": integer("K the policy recommended."),
         "policy": string("Policy that decided."),
+        "costModel": string("Step-cost model the decision priced Ks with: Calibrated "
+                            "(fitted to this deployment's latency series) or Prior (the "
+                            "shipped H200 table)."),
         "reason": string("Why, in words."),
     })
+
+
+def _tuner_state_schema() -> dict[str, Any]:
+    """The parts of status.autotune the autotuner reads back (docs/autotuner.md)."""
+    nums = array("Numbers.", number("A number."))
+    quality = obj("How much evidence the model rests on.", {
+        "points": integer("Calibration points (K x half-octave of verify width)."),
+        "ks": array("Ks observed.", integer("K.")),
+        "nLo": number("Smallest verify width per step observed (tokens)."),
+        "nHi": number("Largest verify width per step observed (tokens)."),
+        "rms": number("Relative RMS residual of the fit."),
+    })
+    params = obj("Step time T(B, k) = floor + perSeq B + perToken N + hinge max(0, N - knee)"
+                 " + k (draftFloor + draftPerSeq B) (+ ripple x the H200 staircase), "
+                 "N = B (k + 1) + prefill tokens per step, in milliseconds.", {
+                     n: number(d) for n, d in (
+                         ("floor", "Fixed cost of a step (ms)."),
+                         ("perSeq", "Per running sequence (KV reads, ms)."),
+                         ("perToken", "Per verified token (ms)."),
+                         ("hinge", "Extra per token past the knee (ms)."),
+                         ("draftFloor", "Fixed cost of one drafter step (ms)."),
+                         ("draftPerSeq", "Per sequence of one drafter step (ms)."),
+                         ("ripple", "Weight of the H200 table's staircase."),
+                         ("knee", "Verify width where the step turns compute-bound."))})
+    return {
+        "costModel": obj(
+            "The step-cost model the last decision used (for people and dashboards).", {
+                "source": string("Calibrated: fitted to this deployment's vLLM latency "
+                                 "series. Prior: the shipped H200 table.",
+                                 enum=["Calibrated", "Prior"]),
+                "reason": string("Why this model, in words."),
+                "note": string("Whether the last window was used as calibration evidence, "
+                               "and why not."),
+                "params": params,
+                "quality": quality,
+                "atBatch": number("Decode batch (ITL-weighted running requests per step) "
+                                  "of the last window."),
+                "measuredStepMs": number("Mean step time measured in the last window (ms)."),
+                "predictedStepMs": number("Step time the model predicts for the running K "
+                                          "at atBatch (ms)."),
+                "predictedTokensPerSecond": number(
+                    "Generated tokens/s of all pods the model predicts for the running K at "
+                    "the last window's load and acceptance."),
+                "time": string("When the model was fitted.", format="date-time"),
+            }),
+        "calibration": obj("Step-time evidence and the fit (read back by the autotuner).", {
+            "points": array("Calibration points [k, batch, verifyTokens, stepMs, weight, "
+                            "epochSeconds], one per K and half-octave of verify width.",
+                            nums, maxItems=64),
+            "note": string("Whether the last window was used, and why not."),
+            "fit": obj("The fitted model with its posterior.", {
+                "source": string("fitted or prior.", enum=["fitted", "prior"]),
+                "reason": string("Why, in words."),
+                "knee": number("Knee (verify tokens per step)."),
+                "theta": array("Parameters (floor, perSeq, perToken, hinge, draftFloor, "
+                               "draftPerSeq, ripple).", number("A number."), maxItems=16),
+                "covariance": array("Posterior covariance of theta (upper triangle, by "
+                                    "rows).", number("A number."), maxItems=136),
+                "quality": quality,
+                "time": integer("When it was fitted (epoch seconds)."),
+            }),
+        }),
+        "regime": obj("Load and acceptance histories candidate Ks are priced against.", {
+            "time": integer("Last update (epoch seconds)."),
+            "start": integer("First update (epoch seconds)."),
+            "load": array("Exponentially weighted seconds at each running-requests grid "
+                          "point (1, 1.5, 2, 3, 4, ... 512) over regimeSeconds.",
+                          number("Seconds."), maxItems=64),
+            "loadLong": array("The same over 4 x regimeSeconds.", number("Seconds."),
+                              maxItems=64),
+            "accepted": array("Exponentially weighted accepted drafts per position.",
+                              number("Count."), maxItems=32),
+            "drafts": array("Exponentially weighted drafts per position.", number("Count."),
+                            maxItems=32),
+        }),
+        "verification": obj("The open check of the last change.", {
+            "from": integer("K before the change."),
+            "to": integer("K after the change."),
+            "since": string("When the change was made.", format="date-time"),
+            "predictedGain": number("Relative goodput gain the change predicted."),
+            "probe": boolean("An exploratory change (kept only if measured better)."),
+            "samples": array("[epochSeconds, realized gain] per window at the new K "
+                             "(newest 48).", nums, maxItems=48),
+        }),
+        "lastProbeTime": string("When a never-measured K was last tried.",
+                                format="date-time"),
+        "rejected": array("Ks verification found worse than the K before them: not tried "
+                          "again until their time.", obj("A rejected K.", {
+                              "k": integer("K."),
+                              "until": string("Not tried before.", format="date-time"),
+                              "reason": string("The evidence, in words."),
+                          }), maxItems=32),
+        "outcomes": array("Predicted against realized gain of the last changes (at most "
+                          "10).", obj("One verified change.", {
+                              "time": string("When the change was made.",
+                                             format="date-time"),
+                              "from": integer("K before."),
+                              "to": integer("K after."),
+                              "predicted": number("Predicted relative gain."),
+                              "realized": number("Realized relative gain (mean over the "
+                                                 "verification windows)."),
+                              "verdict": string("kept, rolled back or inconclusive."),
+                          }), maxItems=10),
+    }
 
 
 def status_schema() -> dict[str, Any]:
@@ -565,6 +672,7 @@ def status_schema() -> dict[str, Any]:
                 "pending": obj("A recommendation awaiting confirmation.", {
                     "k": integer("Recommended K."),
                     "count": integer("Consecutive evaluations that recommended it."),
+                    "since": string("When it was first recommended.", format="date-time"),
                 }),
                 "survival": array("Last measured survival profile (kept while off).",
                                   string("A fraction."), maxItems=16),
@@ -572,6 +680,7 @@ def status_schema() -> dict[str, Any]:
                 "history": array("Recent decisions that changed or recommended a K "
                                  "(newest last, at most 10).", _decision_schema(),
                                  maxItems=10),
+                **_tuner_state_schema(),
             }),
             "conditions": array("Conditions.", condition,
                                 **{"x-kubernetes-list-type": "map",

@@ -79,6 +79,9 @@ def demo_sdd(epoch: float, shift_at: float, interval: int, window: int,
                 "cooldownSeconds": cooldown, "maxChangesPerDay": 100,
                 "restartCostSeconds": 60,
                 "evidence": {"minDrafts": 2000, "minRequests": 10},
+                # Each change is verified before the next: on the demo's minute scale,
+                # three windows instead of the production half hour.
+                "verification": {"afterSeconds": 3 * window, "minWindows": 3},
             },
         },
     }

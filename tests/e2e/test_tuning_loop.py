@@ -53,8 +53,17 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         s.stop()
 
 
+REASONS: list[str] = []   # the tuner's decisions as seen, for a failure's message
+
+
 def current_k(stack: Stack) -> int | None:
     st = stack.sdd(NAMESPACE, NAME).get("status") or {}
+    at = st.get("autotune") or {}
+    r = (at.get("lastDecision") or {}).get("reason")
+    cm = at.get("costModel") or {}
+    r = r and f"[{cm.get('source')}: {cm.get('reason')}; {cm.get('note')}] {r}"
+    if r and (not REASONS or REASONS[-1] != r):
+        REASONS.append(r)
     return (st.get("draftTokens") or {}).get("current")
 
 
@@ -121,6 +130,11 @@ def test_k_follows_the_workload_through_rolling_restarts(stack: Stack, tmp_path:
         assert gen.ok > 50
         assert gen.errors <= max_errors_per_rollout(CONCURRENCY) * len(moves), \
             (gen.errors, len(moves))
+        at = stack.sdd(NAMESPACE, NAME)["status"]["autotune"]
+        print(f"e2e: status.autotune {len(json.dumps(at, separators=(',', ':')))} bytes: "
+              f"{json.dumps(at)}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; decisions seen: {REASONS}") from None
     finally:
         load.stop()
 

@@ -91,7 +91,10 @@ class KFollower:
 def test_auto_changes_k_once_after_the_evidence_gate_then_holds_in_cooldown(
     operator: OperatorProcess, plane: LocalPlane, namespace: str, fleet: ExporterFleet
 ) -> None:
-    apply(plane, sdd_doc("auto", namespace, spec()))
+    # Verification of the change is immediate here (it is persisted now, and would hold K
+    # for its 30 minutes first): this test is about the cooldown.
+    apply(plane, sdd_doc("auto", namespace, spec(
+        verification={"afterSeconds": 0, "minWindows": 0})))
     wait_for("Deployment at K=3", lambda: deployed_k(plane, namespace, "auto") == 3)
     pod = fleet.add(ExporterPod(namespace, "auto", 3, iid(0.9, 16), drafts_per_second=200))
     follower = KFollower(plane, fleet, pod)

@@ -43,7 +43,7 @@ def merge(*rs: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]
 
 def test_query_count_does_not_grow_with_sdds_and_groups_by_sdd_and_k() -> None:
     q = queries(600, L)
-    assert len(q) == 7
+    assert len(q) == 11
     for name in ("drafts", "per_position", "generation_tokens"):
         assert "sum by (namespace, sdd, draft_tokens" in q[name]
         assert "[600s]" in q[name]
@@ -153,3 +153,24 @@ def test_no_data_is_its_own_reason() -> None:
 
 def test_state_from_empty_status() -> None:
     assert state_from_status(None) == State()
+
+
+def test_step_time_series_are_queried_and_parsed_per_sdd_and_k() -> None:
+    q = queries(600, L)
+    for name, metric in (("itl_sum", "vllm:inter_token_latency_seconds_sum"),
+                         ("itl_count", "vllm:inter_token_latency_seconds_count"),
+                         ("steps", "vllm:iteration_tokens_total_count"),
+                         ("prompt_tokens", "vllm:prompt_tokens_total")):
+        assert q[name] == f"sum by (namespace, sdd, draft_tokens) (increase({metric}[600s]))"
+    res = results_for("a", "m", 3, 1000, iid(0.8, 8))
+    res.update(itl_sum=[sample("a", "m", 3, 12.5), sample("a", "m", 3, 2.5)],
+               itl_count=[sample("a", "m", 3, 500)], steps=[sample("a", "m", 3, "NaN")],
+               prompt_tokens=[sample("a", "m", 3, 7000), sample("b", "m", 3, 1)])
+    w = windows(res, 600, L)[("a", "m", 3)]
+    assert (w.itl_sum, w.itl_count, w.prompt_tokens) == (15.0, 500.0, 7000.0)
+    assert math.isnan(w.steps)     # a NaN sample is dropped: the series counts as missing
+
+
+def test_missing_step_time_series_leave_the_fields_nan() -> None:
+    w = windows(results_for("a", "m", 3, 1000, iid(0.8, 8)), 600, L)[("a", "m", 3)]
+    assert all(math.isnan(v) for v in (w.itl_sum, w.itl_count, w.steps, w.prompt_tokens))

@@ -34,6 +34,7 @@ class CycleReport:
     evaluated: int = 0
     written: int = 0
     queries: int = 0
+    failed: int = 0      # SDDs whose evaluation or status write failed (the others go on)
     seconds: float = 0.0
 
 
@@ -118,9 +119,22 @@ class Tuner:
                     return await self._evaluate_one(sdd, view, settings, found,
                                                     unavailable, now)
 
-            outcomes = await asyncio.gather(*(one(*item) for item in items))
-            report.evaluated += sum(w is not None for w in outcomes)
-            report.written += sum(bool(w) for w in outcomes)
+            # One SDD failing (deleted meanwhile: 404; its status rejected: 422) must not
+            # stop the others' evaluations.
+            outcomes = await asyncio.gather(*(one(*item) for item in items),
+                                            return_exceptions=True)
+            for item, w in zip(items, outcomes, strict=True):
+                if isinstance(w, BaseException):
+                    if not isinstance(w, Exception):
+                        raise w     # cancellation and the like end the cycle
+                    report.failed += 1
+                    meta = item[0]["metadata"]
+                    msg = w.status.message if isinstance(w, ApiError) else repr(w)
+                    log.warning("%s/%s: tuning evaluation failed: %s", meta["namespace"],
+                                meta["name"], msg)
+                    continue
+                report.evaluated += w is not None
+                report.written += bool(w)
         report.seconds = time.monotonic() - t0
         metrics.TUNING_CYCLE_SECONDS.observe(report.seconds)
         return report

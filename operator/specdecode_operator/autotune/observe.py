@@ -47,6 +47,14 @@ COUNTERS = {
     "generation_tokens": "vllm:generation_tokens_total",
     "requests": "vllm:request_success_total",
 }
+# Step-time evidence for the cost-model calibration (calibration.py): the ITL histogram's
+# sum and count, the engine steps (one iteration_tokens observation per step) and prefill.
+STEP_COUNTERS = {
+    "itl_sum": "vllm:inter_token_latency_seconds_sum",
+    "itl_count": "vllm:inter_token_latency_seconds_count",
+    "steps": "vllm:iteration_tokens_total_count",
+    "prompt_tokens": "vllm:prompt_tokens_total",
+}
 PER_POSITION = "vllm:spec_decode_num_accepted_tokens_per_pos_total"
 RUNNING = "vllm:num_requests_running"
 LOAD_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -57,7 +65,7 @@ def queries(window_seconds: int, labels: Labels) -> dict[str, str]:
     by = f"{labels.namespace}, {labels.sdd}, {labels.k}"
     w = f"{int(window_seconds)}s"
     out = {name: f"sum by ({by}) (increase({metric}[{w}]))"
-           for name, metric in COUNTERS.items()}
+           for name, metric in {**COUNTERS, **STEP_COUNTERS}.items()}
     out["per_position"] = f"sum by ({by}, position) (increase({PER_POSITION}[{w}]))"
     # All load quantiles in one query: each series' quantile tagged with a "q" label.
     parts = [
@@ -89,10 +97,11 @@ def windows(
     """Parse one cycle's query results into a Window per (namespace, sdd, K).
 
     NaN, negative and unlabeled samples are dropped; a K whose per-position series are
-    incomplete yields no spec-decode counters (treated as not enough evidence).
+    incomplete yields no spec-decode counters (treated as not enough evidence). A missing
+    step-time series leaves its field NaN (the calibration then skips the window).
     """
     sums: dict[Key, dict[str, float]] = defaultdict(dict)
-    for name in COUNTERS:
+    for name in (*COUNTERS, *STEP_COUNTERS):
         for sample in results.get(name, []):
             key, v = _key(sample.get("metric", {}), labels), _value(sample)
             if key is not None and v is not None:
@@ -128,6 +137,10 @@ def windows(
             generation_tokens=s.get("generation_tokens", 0.0),
             requests=s.get("requests", 0.0),
             load=tuple(load.get(key, ())) or ((1.0, 1.0),),
+            itl_sum=s.get("itl_sum", math.nan),
+            itl_count=s.get("itl_count", math.nan),
+            steps=s.get("steps", math.nan),
+            prompt_tokens=s.get("prompt_tokens", math.nan),
         )
     return out
 

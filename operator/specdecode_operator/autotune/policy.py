@@ -372,7 +372,9 @@ def _calibrate(s: Settings, state: State, window: Window, now: float) -> State:
         new_k = all(p.k != point.k for p in points)
         points = calibration.add_point(points, point)
     cost = state.cost
-    if cost is None or new_k or cost.time is None or now - cost.time >= REFIT_SECONDS:
+    # Refit while still on the prior too: the third window must not wait half an hour.
+    if cost is None or new_k or cost.time is None or cost.source != "fitted" or \
+            now - cost.time >= REFIT_SECONDS:
         cost = calibration.fit(points, now=now, previous=cost)
     note = "window used" if point is not None else f"window not used: {why}"
     return replace(state, points=points, cost=cost, cost_note=note)
