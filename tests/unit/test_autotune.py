@@ -204,6 +204,8 @@ def test_settings_from_spec() -> None:
     s = Settings.from_spec(spec)
     assert (s.k_min, s.k_max, s.mode, s.policy) == (2, 9, "Recommend", "threshold")
     assert (s.cooldown_seconds, s.min_drafts, s.low_acceptance) == (3600, 100, 0.4)
+    assert s.initial_k is None
+    assert Settings.from_spec({"draftTokens": {"initial": 4}}).initial_k == 4
 
 
 # ---- properties ------------------------------------------------------------------------
@@ -265,3 +267,23 @@ def test_state_survives_a_round_trip_of_decisions() -> None:
     again = decide(s, d.state, window(iid(0.9, 16), k=d.k_to), now=NOW + 60)
     assert not again.changed
     assert replace(d.state) == d.state
+
+
+def test_back_to_the_initial_k_needs_less_proof_than_leaving_it() -> None:
+    # The prior's doubt about the cost ratio keeps the lower bound of K 8 -> 5 below the
+    # hurdle although the point estimate clears it; with K 5 as the measured initial K the
+    # point estimate is enough to go back, and only there.
+    from specdecode_operator.autotune.calibration import CalPoint
+    w = replace(window(iid(0.4, 16), k=8, b=8), itl_count=0.0, itl_sum=0.0, steps=0.0)
+    seen = settled(State(last_change=NOW - 10 * 86_400,
+                         points=(CalPoint(k=5, b=8, n=48, t_ms=20.0, w=1.0, t=NOW),)))
+    away = decide(Settings(confirmations=1), seen, w, now=NOW)
+    assert not away.changed and "hurdle" in away.reason
+    home = decide(Settings(confirmations=1, initial_k=5), seen, w, now=NOW)
+    assert home.changed and home.k_to == 5 and "initial K" in home.reason
+    # Not measured yet: no shortcut.
+    never = decide(Settings(confirmations=1, initial_k=5), settled(), w, now=NOW)
+    assert not never.changed
+    # Not for another K than the initial one either.
+    other = decide(Settings(confirmations=1, initial_k=6), seen, w, now=NOW)
+    assert not other.changed or other.k_to == 6

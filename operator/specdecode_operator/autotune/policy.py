@@ -54,6 +54,9 @@ class Settings:
     max_step: int = 4
     max_changes_per_day: int = 6
     allow_off: bool = False
+    # the K the deployment starts from (draftTokens.initial, resolved): the safe default.
+    # Leaving it takes a lower confidence bound; coming back takes only the point estimate.
+    initial_k: int | None = None
     # goodput policy: the predicted gain (lower confidence bound) must beat min_gain plus
     # the restart cost spread over the regime's expected remaining life.
     min_gain: float = 0.02
@@ -87,6 +90,8 @@ class Settings:
             "k_min": int(dt.get("min", 1)), "k_max": int(dt.get("max", 12)),
             "mode": at.get("mode", "Auto"), "policy": at.get("policy", "goodput"),
         }
+        if dt.get("initial") is not None:
+            kw["initial_k"] = int(dt["initial"])
         for key, name, conv in (
             ("windowSeconds", "window_seconds", float),
             ("cooldownSeconds", "cooldown_seconds", float),
@@ -264,6 +269,7 @@ def goodput_target(
     s: Settings, k: int, survival: acceptance.Survival, loads: list[Load], cost: Any,
     now_survival: acceptance.Survival, now_load: Load, life: float,
     rejected: frozenset[int] = frozenset(), probe: frozenset[int] = frozenset(),
+    home: int | None = None,
 ) -> tuple[int, str, float, dict[int, float]]:
     """Best K by the lower confidence bound of its gain under the load histories.
 
@@ -271,7 +277,9 @@ def goodput_target(
     counts as the smallest of them. The hurdle is min_gain + restart_cost / life: a change
     must earn its restart back over the regime's expected remaining life. The current window
     must agree (the candidate's point gain now is positive), so a stale history never
-    overrides what runs now. Returns (target, reason, predicted gain, point predictions).
+    overrides what runs now. ``home`` (the initial K, measured before): when no candidate
+    passes, going back there needs only its point estimate to clear the hurdle, under every
+    history and now. Returns (target, reason, predicted gain, point predictions).
     """
     curs = [goodput(k, survival.tokens_per_step, ld, cost) for ld in loads]
     cur_now = goodput(k, now_survival.tokens_per_step, now_load, cost)
@@ -292,6 +300,15 @@ def goodput_target(
     gain = gains[best]
     now_gain = (goodput(best, now_survival.tokens_per_step, now_load, cost) / cur_now - 1.0
                 if best != k and cur_now > 0 else 0.0)
+    if (best == k or best_lo <= hurdle or now_gain <= 0) and home is not None and \
+            home != k and home in gains and home not in rejected and cur_now > 0:
+        # Safety first: the burden of proof lies on the K that is not the default. Back home
+        # needs only the point estimate to clear the hurdle, under every history and now.
+        home_now = goodput(home, now_survival.tokens_per_step, now_load, cost) / cur_now - 1.0
+        if gains[home] > hurdle and home_now > 0:
+            return home, (f"K {k} -> {home}: back to the initial K: predicted "
+                          f"{gains[home]:+.1%} under the load history (> {hurdle:.1%} "
+                          f"hurdle; now {home_now:+.1%})"), gains[home], preds
     if (best == k or best_lo <= hurdle or now_gain <= 0) and probe:
         p = _probe(s, k, survival, loads, cost, curs, hurdle, probe, rejected)
         if p is not None:
@@ -542,9 +559,13 @@ def decide(
                 state.last_probe is None or now - state.last_probe >= s.probe_interval_seconds):
             seen = {p.k for p in state.points}
             probe = frozenset(c for c in range(s.k_min, s.k_max + 1) if c not in seen)
+        # Back to the initial K needs less proof than leaving it, once it has been measured
+        # here (the model's doubt about it is then doubt about the K that runs now).
+        home = s.initial_k if s.initial_k is not None and (
+            isinstance(model, _Known) or any(p.k == s.initial_k for p in state.points)) else None
         target, why, gain, preds = goodput_target(
             s, k, long_s, loads, model, survival, window.load, life,
-            frozenset(r.k for r in state.rejected), probe)
+            frozenset(r.k for r in state.rejected), probe, home)
         is_probe = why.startswith(f"K {k} -> {target}: probe")
     kw.update(predicted_gain=gain, predictions=preds)
 
