@@ -334,19 +334,24 @@ def goodput_target(
         f"L({best})={survival.tokens_per_step(best):.2f}"), gain, preds
 
 
-PROBE_SPAN = 2        # a probe moves K by at most this much
+PROBE_SPAN = 2        # a probe moves K down by at most this much
 PROBE_MIN_POINT = -0.03  # never probe a K the model already expects to lose by more
 
 
 def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load], cost: Any,
            curs: list[float], hurdle: float, unmeasured: frozenset[int],
            rejected: frozenset[int]) -> tuple[int, float, float] | None:
-    """The unmeasured K next to the current one that the model likes best, among those whose
+    """The unmeasured K below the current one that the model likes best, among those whose
     optimistic gain beats twice the hurdle under every history (a probe may cost two
     restarts: there and back)."""
     best: tuple[int, float, float] | None = None
     for c in _candidates(s, k):
-        if c in (k, OFF) or c not in unmeasured or c in rejected or abs(c - k) > PROBE_SPAN:
+        # Only downwards: below the running K the acceptance is measured exactly, so the
+        # probe tests the cost model alone; above it the gain also rests on an extrapolated
+        # acceptance tail that no bound vouches for (on the development set every upward
+        # probe lost, and a kept one can strand K where the model is wrong).
+        if c in (k, OFF) or c > k or c not in unmeasured or c in rejected or \
+                k - c > PROBE_SPAN:
             continue
         points, ucbs = [], []
         for ld, cur in zip(loads, curs, strict=True):
