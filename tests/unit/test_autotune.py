@@ -287,3 +287,21 @@ def test_back_to_the_initial_k_needs_less_proof_than_leaving_it() -> None:
     # Not for another K than the initial one either.
     other = decide(Settings(confirmations=1, initial_k=6), seen, w, now=NOW)
     assert not other.changed or other.k_to == 6
+
+
+def test_a_probe_that_paid_frees_the_next_probe_and_one_that_did_not_keeps_the_interval(
+) -> None:
+    from specdecode_operator.autotune.verification import Verification
+
+    def after(gains: tuple[float, ...]) -> State:
+        t0 = NOW - 3600
+        v = Verification(k_from=5, k_to=3, time=t0, predicted=0.0, probe=True,
+                         samples=tuple((t0 + 600 * (i + 1), g) for i, g in enumerate(gains)))
+        st_ = State(last_change=t0, changes=(t0,), last_probe=t0, verify=v)
+        return decide(Settings(), st_, window(iid(0.7, 16), k=3), now=NOW).state
+
+    won = after((0.12, 0.15, 0.13, 0.14))
+    assert won.verify is None and won.outcomes[-1].verdict == "kept"
+    assert won.last_probe is None
+    lost = after((-0.05, -0.04, -0.06, -0.05))
+    assert lost.outcomes[-1].verdict == "rolled back" and lost.last_probe == NOW - 3600

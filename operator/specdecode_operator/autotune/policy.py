@@ -455,7 +455,11 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
         return st, Decision("change", window.k, v.k_from, v.k_from, why, st, rollback=True,
                             events=(("Warning", "DraftTokensRolledBack", why),))
     out = Outcome(v.time, v.k_from, v.k_to, v.predicted, mean, "kept")
-    return replace(state, verify=None, outcomes=(*state.outcomes, out)[-OUTCOMES:]), None
+    # A probe that paid says the model is wrong in that direction: the next probe there
+    # need not wait out the probe interval (which exists to bound the cost of failed ones).
+    last_probe = None if v.probe else state.last_probe
+    return replace(state, verify=None, outcomes=(*state.outcomes, out)[-OUTCOMES:],
+                   last_probe=last_probe), None
 
 
 def decide(
