@@ -265,6 +265,20 @@ def _lcb_gain(s: Settings, k: int, c: int, survival: acceptance.Survival, load: 
     return (goodput(c, l_pess, load, cost) / cur) * math.exp(-s.confidence_z * se_t) - 1.0
 
 
+def _typical_gain(k: int, c: int, survival: acceptance.Survival, load: Load,
+                  cost: Any) -> float:
+    """The relative per-request speed change of c over k, averaged over time (not tokens)."""
+    tw = sum(w for _, w in load)
+    if tw <= 0:
+        return 0.0
+    acc = 0.0
+    for b, w in load:
+        b = max(1.0, b)
+        acc += w * (survival.tokens_per_step(c) / cost.step_ms(b, c)) / (
+            survival.tokens_per_step(k) / cost.step_ms(b, k))
+    return acc / tw - 1.0
+
+
 def goodput_target(
     s: Settings, k: int, survival: acceptance.Survival, loads: list[Load], cost: Any,
     now_survival: acceptance.Survival, now_load: Load, life: float,
@@ -286,14 +300,19 @@ def goodput_target(
     preds: dict[int, float] = {}
     gains: dict[int, float] = {}
     best, best_lo = k, -math.inf
+    # Off slows every request at low load: it must also win on the relative per-request
+    # speed averaged over time, so that a spike's tokens never switch speculation off for
+    # the quiet hours around it.
     for c in _candidates(s, k):
         pc = [goodput(c, survival.tokens_per_step, ld, cost) for ld in loads]
         preds[c] = pc[0]
         gains[c] = min(p / cu - 1.0 for p, cu in zip(pc, curs, strict=True))
+        typical = _typical_gain(k, c, survival, loads[0], cost) if c == OFF else math.inf
+        gains[c] = min(gains[c], typical)
         if c == k or c in rejected:
             continue
-        lo = min(_lcb_gain(s, k, c, survival, ld, cost, cu)
-                 for ld, cu in zip(loads, curs, strict=True))
+        lo = min(min(_lcb_gain(s, k, c, survival, ld, cost, cu)
+                     for ld, cu in zip(loads, curs, strict=True)), typical)
         if lo > best_lo:
             best, best_lo = c, lo
     hurdle = s.min_gain + s.restart_cost_seconds / life
