@@ -158,7 +158,7 @@ def run_set(name: str, scenarios: list[Scenario], hardware: list[str], seeds: li
                 fx = {k: fixed(tr, k) for k in range(K_MIN, K_MAX + 1)}
                 kb = max(fx, key=lambda k: fx[k])
                 st = Settings(k_min=K_MIN, k_max=K_MAX, allow_off=sc.allow_off,
-                              window_seconds=WINDOW_STEPS * DT,
+                              window_seconds=WINDOW_STEPS * DT, initial_k=INITIAL_K,
                               restart_cost_seconds=settings.restart_cost_seconds)
                 tuned = run_tuner(tr, st, seed)
                 prior_only = run_tuner(tr, Settings(

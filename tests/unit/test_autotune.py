@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -203,6 +204,8 @@ def test_settings_from_spec() -> None:
     s = Settings.from_spec(spec)
     assert (s.k_min, s.k_max, s.mode, s.policy) == (2, 9, "Recommend", "threshold")
     assert (s.cooldown_seconds, s.min_drafts, s.low_acceptance) == (3600, 100, 0.4)
+    assert s.initial_k is None
+    assert Settings.from_spec({"draftTokens": {"initial": 4}}).initial_k == 4
 
 
 # ---- properties ------------------------------------------------------------------------
@@ -265,3 +268,41 @@ def test_state_survives_a_round_trip_of_decisions() -> None:
     assert not again.changed
     # The first decision's change is still in the state the second one returns.
     assert again.state.last_change == NOW and again.state.changes == d.state.changes
+
+
+def test_back_to_the_initial_k_needs_less_proof_than_leaving_it() -> None:
+    # The prior's doubt about the cost ratio keeps the lower bound of K 8 -> 5 below the
+    # hurdle although the point estimate clears it; with K 5 as the measured initial K the
+    # point estimate is enough to go back, and only there.
+    from specdecode_operator.autotune.calibration import CalPoint
+    w = replace(window(iid(0.4, 16), k=8, b=8), itl_count=0.0, itl_sum=0.0, steps=0.0)
+    seen = settled(State(last_change=NOW - 10 * 86_400,
+                         points=(CalPoint(k=5, b=8, n=48, t_ms=20.0, w=1.0, t=NOW),)))
+    away = decide(Settings(confirmations=1), seen, w, now=NOW)
+    assert not away.changed and "hurdle" in away.reason
+    home = decide(Settings(confirmations=1, initial_k=5), seen, w, now=NOW)
+    assert home.changed and home.k_to == 5 and "initial K" in home.reason
+    # Not measured yet: no shortcut.
+    never = decide(Settings(confirmations=1, initial_k=5), settled(), w, now=NOW)
+    assert not never.changed
+    # Not for another K than the initial one either.
+    other = decide(Settings(confirmations=1, initial_k=6), seen, w, now=NOW)
+    assert not other.changed or other.k_to == 6
+
+
+def test_a_probe_that_paid_frees_the_next_probe_and_one_that_did_not_keeps_the_interval(
+) -> None:
+    from specdecode_operator.autotune.verification import Verification
+
+    def after(gains: tuple[float, ...]) -> State:
+        t0 = NOW - 3600
+        v = Verification(k_from=5, k_to=3, time=t0, predicted=0.0, probe=True,
+                         samples=tuple((t0 + 600 * (i + 1), g) for i, g in enumerate(gains)))
+        st_ = State(last_change=t0, changes=(t0,), last_probe=t0, verify=v)
+        return decide(Settings(), st_, window(iid(0.7, 16), k=3), now=NOW).state
+
+    won = after((0.12, 0.15, 0.13, 0.14))
+    assert won.verify is None and won.outcomes[-1].verdict == "kept"
+    assert won.last_probe is None
+    lost = after((-0.05, -0.04, -0.06, -0.05))
+    assert lost.outcomes[-1].verdict == "rolled back" and lost.last_probe == NOW - 3600

@@ -148,6 +148,15 @@ def test_a_twenty_minute_spike_never_triggers_a_change() -> None:
     assert ks == []
 
 
+def test_a_spike_into_an_idle_replica_does_not_switch_speculation_off() -> None:
+    # The tokens of 20 minutes at 231 outweigh hours at 1 in the goodput expectation; off
+    # must also win on the per-request speed averaged over time, which it does not.
+    s = Settings(allow_off=True)
+    state, k, t = settled_at(s, 1.0)
+    _, _, ks, _ = run(s, state, k, [231.0] * 4 + [1.0] * 36, t)
+    assert ks == []
+
+
 def test_a_lasting_shift_does() -> None:
     s = Settings(allow_off=True)
     state, k, t = settled_at(s, 4)

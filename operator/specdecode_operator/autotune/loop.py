@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lightkube import ApiError
@@ -72,7 +72,10 @@ class Tuner:
         key = (sdd["metadata"]["namespace"], sdd["metadata"]["name"])
         if now - self._last_eval.get(key, 0.0) < view.autotune.interval_seconds:
             return None
-        return view, Settings.from_spec(view.spec)
+        settings = Settings.from_spec(view.spec)
+        if view.bounds is not None:  # the resolved initial K (explicit or from the preset)
+            settings = replace(settings, initial_k=view.bounds.initial)
+        return view, settings
 
     async def cycle(self, now: float | None = None) -> CycleReport:
         t0 = time.monotonic()

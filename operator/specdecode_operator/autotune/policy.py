@@ -54,6 +54,9 @@ class Settings:
     max_step: int = 4
     max_changes_per_day: int = 6
     allow_off: bool = False
+    # the K the deployment starts from (draftTokens.initial, resolved): the safe default.
+    # Leaving it takes a lower confidence bound; coming back takes only the point estimate.
+    initial_k: int | None = None
     # goodput policy: the predicted gain (lower confidence bound) must beat min_gain plus
     # the restart cost spread over the regime's expected remaining life.
     min_gain: float = 0.02
@@ -87,6 +90,8 @@ class Settings:
             "k_min": int(dt.get("min", 1)), "k_max": int(dt.get("max", 12)),
             "mode": at.get("mode", "Auto"), "policy": at.get("policy", "goodput"),
         }
+        if dt.get("initial") is not None:
+            kw["initial_k"] = int(dt["initial"])
         for key, name, conv in (
             ("windowSeconds", "window_seconds", float),
             ("cooldownSeconds", "cooldown_seconds", float),
@@ -260,10 +265,25 @@ def _lcb_gain(s: Settings, k: int, c: int, survival: acceptance.Survival, load: 
     return (goodput(c, l_pess, load, cost) / cur) * math.exp(-s.confidence_z * se_t) - 1.0
 
 
+def _typical_gain(k: int, c: int, survival: acceptance.Survival, load: Load,
+                  cost: Any) -> float:
+    """The relative per-request speed change of c over k, averaged over time (not tokens)."""
+    tw = sum(w for _, w in load)
+    if tw <= 0:
+        return 0.0
+    acc = 0.0
+    for b, w in load:
+        b = max(1.0, b)
+        acc += w * (survival.tokens_per_step(c) / cost.step_ms(b, c)) / (
+            survival.tokens_per_step(k) / cost.step_ms(b, k))
+    return acc / tw - 1.0
+
+
 def goodput_target(
     s: Settings, k: int, survival: acceptance.Survival, loads: list[Load], cost: Any,
     now_survival: acceptance.Survival, now_load: Load, life: float,
     rejected: frozenset[int] = frozenset(), probe: frozenset[int] = frozenset(),
+    home: int | None = None,
 ) -> tuple[int, str, float, dict[int, float]]:
     """Best K by the lower confidence bound of its gain under the load histories.
 
@@ -271,27 +291,43 @@ def goodput_target(
     counts as the smallest of them. The hurdle is min_gain + restart_cost / life: a change
     must earn its restart back over the regime's expected remaining life. The current window
     must agree (the candidate's point gain now is positive), so a stale history never
-    overrides what runs now. Returns (target, reason, predicted gain, point predictions).
+    overrides what runs now. ``home`` (the initial K, measured before): when no candidate
+    passes, going back there needs only its point estimate to clear the hurdle, under every
+    history and now. Returns (target, reason, predicted gain, point predictions).
     """
     curs = [goodput(k, survival.tokens_per_step, ld, cost) for ld in loads]
     cur_now = goodput(k, now_survival.tokens_per_step, now_load, cost)
     preds: dict[int, float] = {}
     gains: dict[int, float] = {}
     best, best_lo = k, -math.inf
+    # Off slows every request at low load: it must also win on the relative per-request
+    # speed averaged over time, so that a spike's tokens never switch speculation off for
+    # the quiet hours around it.
     for c in _candidates(s, k):
         pc = [goodput(c, survival.tokens_per_step, ld, cost) for ld in loads]
         preds[c] = pc[0]
         gains[c] = min(p / cu - 1.0 for p, cu in zip(pc, curs, strict=True))
+        typical = _typical_gain(k, c, survival, loads[0], cost) if c == OFF else math.inf
+        gains[c] = min(gains[c], typical)
         if c == k or c in rejected:
             continue
-        lo = min(_lcb_gain(s, k, c, survival, ld, cost, cu)
-                 for ld, cu in zip(loads, curs, strict=True))
+        lo = min(min(_lcb_gain(s, k, c, survival, ld, cost, cu)
+                     for ld, cu in zip(loads, curs, strict=True)), typical)
         if lo > best_lo:
             best, best_lo = c, lo
     hurdle = s.min_gain + s.restart_cost_seconds / life
     gain = gains[best]
     now_gain = (goodput(best, now_survival.tokens_per_step, now_load, cost) / cur_now - 1.0
                 if best != k and cur_now > 0 else 0.0)
+    if (best == k or best_lo <= hurdle or now_gain <= 0) and home is not None and \
+            home != k and home in gains and home not in rejected and cur_now > 0:
+        # Safety first: the burden of proof lies on the K that is not the default. Back home
+        # needs only the point estimate to clear the hurdle, under every history and now.
+        home_now = goodput(home, now_survival.tokens_per_step, now_load, cost) / cur_now - 1.0
+        if gains[home] > hurdle and home_now > 0:
+            return home, (f"K {k} -> {home}: back to the initial K: predicted "
+                          f"{gains[home]:+.1%} under the load history (> {hurdle:.1%} "
+                          f"hurdle; now {home_now:+.1%})"), gains[home], preds
     if (best == k or best_lo <= hurdle or now_gain <= 0) and probe:
         p = _probe(s, k, survival, loads, cost, curs, hurdle, probe, rejected)
         if p is not None:
@@ -317,19 +353,24 @@ def goodput_target(
         f"L({best})={survival.tokens_per_step(best):.2f}"), gain, preds
 
 
-PROBE_SPAN = 2        # a probe moves K by at most this much
+PROBE_SPAN = 2        # a probe moves K down by at most this much
 PROBE_MIN_POINT = -0.03  # never probe a K the model already expects to lose by more
 
 
 def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load], cost: Any,
            curs: list[float], hurdle: float, unmeasured: frozenset[int],
            rejected: frozenset[int]) -> tuple[int, float, float] | None:
-    """The unmeasured K next to the current one that the model likes best, among those whose
+    """The unmeasured K below the current one that the model likes best, among those whose
     optimistic gain beats twice the hurdle under every history (a probe may cost two
     restarts: there and back)."""
     best: tuple[int, float, float] | None = None
     for c in _candidates(s, k):
-        if c in (k, OFF) or c not in unmeasured or c in rejected or abs(c - k) > PROBE_SPAN:
+        # Only downwards: below the running K the acceptance is measured exactly, so the
+        # probe tests the cost model alone; above it the gain also rests on an extrapolated
+        # acceptance tail that no bound vouches for (on the development set every upward
+        # probe lost, and a kept one can strand K where the model is wrong).
+        if c in (k, OFF) or c > k or c not in unmeasured or c in rejected or \
+                k - c > PROBE_SPAN:
             continue
         points, ucbs = [], []
         for ld, cur in zip(loads, curs, strict=True):
@@ -435,7 +476,11 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
         return st, Decision("change", window.k, v.k_from, v.k_from, why, st, rollback=True,
                             events=(("Warning", "DraftTokensRolledBack", why),))
     out = Outcome(v.time, v.k_from, v.k_to, v.predicted, mean, "kept")
-    return replace(state, verify=None, outcomes=(*state.outcomes, out)[-OUTCOMES:]), None
+    # A probe that paid says the model is wrong in that direction: the next probe there
+    # need not wait out the probe interval (which exists to bound the cost of failed ones).
+    last_probe = None if v.probe else state.last_probe
+    return replace(state, verify=None, outcomes=(*state.outcomes, out)[-OUTCOMES:],
+                   last_probe=last_probe), None
 
 
 def decide(
@@ -544,9 +589,13 @@ def decide(
                 state.last_probe is None or now - state.last_probe >= s.probe_interval_seconds):
             seen = {p.k for p in state.points}
             probe = frozenset(c for c in range(s.k_min, s.k_max + 1) if c not in seen)
+        # Back to the initial K needs less proof than leaving it, once it has been measured
+        # here (the model's doubt about it is then doubt about the K that runs now).
+        home = s.initial_k if s.initial_k is not None and (
+            isinstance(model, _Known) or any(p.k == s.initial_k for p in state.points)) else None
         target, why, gain, preds = goodput_target(
             s, k, long_s, loads, model, survival, window.load, life,
-            frozenset(r.k for r in state.rejected), probe)
+            frozenset(r.k for r in state.rejected), probe, home)
         is_probe = why.startswith(f"K {k} -> {target}: probe")
     kw.update(predicted_gain=gain, predictions=preds)
 
