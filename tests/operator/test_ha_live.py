@@ -36,7 +36,10 @@ def replica(plane: LocalPlane, work: Path, name: str, ns: str) -> OperatorProces
     return start_operator(plane, work / name, env={
         "SPECDECODE_LEADER_ELECTION": "1", "SPECDECODE_POD_NAME": name,
         "SPECDECODE_LEASE_NAMESPACE": ns, "SPECDECODE_LEASE_SECONDS": str(LEASE_SECONDS),
-        "SPECDECODE_LEASE_RETRY_SECONDS": "1"})
+        "SPECDECODE_LEASE_RETRY_SECONDS": "1"},
+        # The chart grants the Lease verbs only with ha.enabled (checked in tests/helm), and
+        # its rendered default RBAC has no such Role; the Lease lives in the test namespace.
+        identity="admin")
 
 
 def holder(plane: LocalPlane, ns: str) -> str | None:
