@@ -73,6 +73,8 @@ def test_k_follows_the_workload_through_rolling_restarts(stack: Stack, tmp_path:
     t0 = time.monotonic()
     plane.kubectl("create", "namespace", NAMESPACE)
     epoch = time.time()
+    # costModel Prior (demo_sdd's default): the loop on a minute scale; the calibrated model
+    # needs a probe after regimeSeconds (>= 10 min) to leave K 3 (docs/autotuner.md).
     doc = demo_sdd(epoch, SHIFT_AT, interval=5, window=30, cooldown=20)
     plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
     load = LoadThread(LoadGenerator(stack.prometheus.targets_dir,
