@@ -142,12 +142,13 @@ def test_k_follows_the_workload_through_rolling_restarts(stack: Stack, tmp_path:
 
 
 def k_changes(plane: LocalPlane) -> list[tuple[int, int, float]]:
-    """(from, to, time) of every K change, from the operator's DraftTokensChanged events
+    """(from, to, time) of every K change, from the operator's DraftTokensChanged (and, for a
+    change that verification undid, DraftTokensRolledBack) events
     (status.autotune.history keeps only the last few decisions)."""
     out = []
     for e in events(plane, NAMESPACE, NAME):
         m = re.search(r"K (\d+) -> (\d+|off)", e["message"])
-        if e["reason"] == "DraftTokensChanged" and m:
+        if e["reason"] in ("DraftTokensChanged", "DraftTokensRolledBack") and m:
             t = calendar.timegm(time.strptime(e["firstTimestamp"], "%Y-%m-%dT%H:%M:%SZ"))
             out += [(int(m.group(1)), 0 if m.group(2) == "off" else int(m.group(2)), t)]
     return sorted(out, key=lambda c: c[2])

@@ -228,3 +228,21 @@ def test_nan_latency_never_crashes_and_keeps_the_prior_with_a_reason() -> None:
     w = replace(window(5, 8), itl_sum=math.nan, itl_count=math.nan, steps=math.nan)
     d = decide(Settings(), State(), w, now=NOW)
     assert d.cost_source == "prior" and "NaN" in d.state.cost_note
+
+
+def test_with_the_prior_as_exact_a_slower_machine_is_no_reason_to_roll_back() -> None:
+    # costModel Prior takes the H200 table as exact, but this deployment's steps all take 3x
+    # as long as the table says (another GPU): only the table's ratio between the two Ks may
+    # be compared with the measured step time, or every change looks like a -67% loss.
+    s = Settings(confirmations=1, verify_after_seconds=1800, verify_min_windows=3,
+                 cost_model="Prior")
+    cost = default_profile()
+    state = State(last_change=NOW, changes=(NOW,),
+                  verify=Verification(k_from=3, k_to=5, time=NOW, predicted=0.15))
+    t, d = NOW + 600, None
+    while t <= NOW + 3600 and state.verify is not None:
+        d = decide(s, state, window(5, 8, a=0.6, t_ms=3 * cost.step_ms(8, 5)), now=t)
+        state = d.state
+        assert not d.rollback, d.reason
+        t += 300
+    assert state.verify is None and state.outcomes[-1].verdict == "kept"

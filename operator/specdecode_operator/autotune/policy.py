@@ -440,6 +440,10 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
         l_old = sv.tokens_per_step(v.k_from) if sv is not None else None
         if l_old is not None:
             t_old = cost.step_ms(b, v.k_from, prefill)
+            if isinstance(cost, _Known) and cost.source == "prior":
+                # A table not fitted to this deployment (the H200 prior taken as exact) is in
+                # another machine's units: only its ratio between the two Ks applies here.
+                t_old *= t_new / cost.step_ms(b, v.k_to, prefill)
             g = realized_gain(l_new, t_new, l_old, t_old)
             v = replace(v, samples=(*v.samples, (now, g)))
             state = replace(state, verify=v)
