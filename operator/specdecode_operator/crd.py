@@ -352,8 +352,9 @@ def _autotune() -> dict[str, Any]:
                 "Time constant of the load history candidate Ks are priced against (the "
                 "acceptance history uses half of it, a day-scale load history four times "
                 "it). A change must earn its restart back over the regime's expected "
-                "remaining life, so load swings much shorter than this never cause one.",
-                minimum=600, maximum=604_800, default=10_800),
+                "remaining life, so load swings much shorter than this never cause one. "
+                "Below an hour only for compressed-time tests and demos.",
+                minimum=60, maximum=604_800, default=10_800),
             "costModel": string(
                 "Calibrated: fit this deployment's step cost from its vLLM latency "
                 "histograms, with the shipped H200 table as the prior. Prior: use the "

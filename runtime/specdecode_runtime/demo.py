@@ -83,7 +83,10 @@ def demo_sdd(epoch: float, shift_at: float, interval: int, window: int,
                 "costModel": cost_model,
                 "intervalSeconds": interval, "windowSeconds": window,
                 "cooldownSeconds": cooldown, "maxChangesPerDay": 100,
-                "restartCostSeconds": 60,
+                # Hours squeezed into minutes: a one-minute regime (the acceptance history
+                # follows the workload within about a minute) and a restart that costs
+                # seconds, in proportion.
+                "regimeSeconds": 60, "restartCostSeconds": 5,
                 "evidence": {"minDrafts": 2000, "minRequests": 10},
                 # Each change is verified before the next: on the demo's minute scale,
                 # three windows instead of the production half hour.
