@@ -352,7 +352,9 @@ def test_an_invalid_commit_is_refused_with_the_cel_message_and_a_fix_recovers(
     git.write("models/invalid/bad.yaml", dump(sdd("bad", ns, draftTokens={"min": 2, "max": 8})))
     sha = git.commit("fix model bad: draftTokens [2, 8]")
     world.wait_applied(ksn, sha, timeout=180)
-    assert ready(world.sdd(ns, "bad"))
+    # kstatus reads an SDD without status yet as Current, so Flux may be done before the
+    # operator's first status write (the first-status race in docs/gitops.md): wait for it.
+    wait_for("SDD bad Ready", lambda: ready(world.sdd(ns, "bad")), timeout=120)
     assert op.reconciles() > before
     world.note("fix commit: draftTokens {min: 2, max: 8}", ksn, ns)
     world.retire(ksn, "models/invalid", ns)
