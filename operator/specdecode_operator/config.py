@@ -51,24 +51,21 @@ def _number(minimum: float, strict: bool) -> Callable[[str], float]:
     return conv
 
 
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return v
+def _integer(lo: int, hi: int | None, what: str, bad: str) -> Callable[[str], int]:
+    """An integer in [lo, hi] (hi None: unbounded); ``bad`` words the range error."""
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {what}: {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{text} {bad}")
+        return v
+    return conv
 
 
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a port (0..65535)")
-    return v
+_count = _integer(1, None, "whole number", "must be at least 1")
+_port = _integer(0, 65535, "port number", "is not a port (0..65535)")
 
 
 # flag, environment variable, type, default, help
