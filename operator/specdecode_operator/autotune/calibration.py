@@ -48,7 +48,7 @@ KNEES = (16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 
 PRIOR_REL_SD = (0.5, 1.0, 1.0, 1.0, 0.6, 0.6, 0.25)
 # ... plus this much of the step floor (per unit of the feature), so that a parameter the
 # prior puts at ~0 can still move.
-PRIOR_ABS_SD = (0.01, 0.002, 0.002, 0.002, 0.01, 0.0005, 0.05)
+PRIOR_ABS_SD = (0.01, 0.002, 0.01, 0.002, 0.01, 0.0005, 0.05)
 KNEE_PENALTY = 0.5            # per octave of knee moved away from the prior's, squared
 MIN_SIGMA = 0.015             # floor on the relative noise of one point (misfit, jitter)
 MAX_RMS = 0.25                # a fit worse than this (relative RMS) is not trusted

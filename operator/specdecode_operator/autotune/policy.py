@@ -283,7 +283,7 @@ def goodput_target(
     s: Settings, k: int, survival: acceptance.Survival, loads: list[Load], cost: Any,
     now_survival: acceptance.Survival, now_load: Load, life: float,
     rejected: frozenset[int] = frozenset(), probe: frozenset[int] = frozenset(),
-    home: int | None = None,
+    home: int | None = None, follow: tuple[int, float] | None = None,
 ) -> tuple[int, str, float, dict[int, float]]:
     """Best K by the lower confidence bound of its gain under the load histories.
 
@@ -328,6 +328,18 @@ def goodput_target(
             return home, (f"K {k} -> {home}: back to the initial K: predicted "
                           f"{gains[home]:+.1%} under the load history (> {hurdle:.1%} "
                           f"hurdle; now {home_now:+.1%})"), gains[home], preds
+    if (best == k or best_lo <= hurdle or now_gain <= 0) and follow is not None and \
+            follow[0] in gains and follow[0] not in rejected and cur_now > 0:
+        # Follow-through: the last step in this direction paid ``bias`` more than the model
+        # said; until the model has seen the next K, its error there is taken to be the same.
+        c, bias = follow
+        pc = gains[c] + bias
+        c_now = goodput(c, now_survival.tokens_per_step, now_load, cost) / cur_now - 1 + bias
+        if pc > hurdle and c_now > 0:
+            return c, (f"K {k} -> {c}: probe (follow-through): the last step paid "
+                       f"{bias:+.1%} more than predicted; corrected {pc:+.1%} under the load "
+                       f"history (> {hurdle:.1%} hurdle; now {c_now:+.1%}); verified and "
+                       "rolled back if not better"), pc, preds
     if (best == k or best_lo <= hurdle or now_gain <= 0) and probe:
         p = _probe(s, k, survival, loads, cost, curs, hurdle, probe, rejected)
         if p is not None:
@@ -354,7 +366,10 @@ def goodput_target(
 
 
 PROBE_SPAN = 2        # a probe moves K down by at most this much
+PROBE_UP = 0          # ... and up by at most this much
 PROBE_MIN_POINT = -0.03  # never probe a K the model already expects to lose by more
+PROBE_AFTER = 1 / 3   # of regimeSeconds of history before the first probe
+TYPICAL_BAND = 2.0    # a probe starts only while the load is within this factor of usual
 
 
 def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load], cost: Any,
@@ -369,8 +384,8 @@ def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load]
         # probe tests the cost model alone; above it the gain also rests on an extrapolated
         # acceptance tail that no bound vouches for (on the development set every upward
         # probe lost, and a kept one can strand K where the model is wrong).
-        if c in (k, OFF) or c > k or c not in unmeasured or c in rejected or \
-                k - c > PROBE_SPAN:
+        if c in (k, OFF) or c not in unmeasured or c in rejected or k - c > PROBE_SPAN or \
+                c - k > PROBE_UP:
             continue
         points, ucbs = [], []
         for ld, cur in zip(loads, curs, strict=True):
@@ -383,6 +398,77 @@ def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load]
         if point >= PROBE_MIN_POINT and ucb > 2 * hurdle and (best is None or point > best[2]):
             best = (c, ucb, point)
     return best
+
+
+def _typical_now(now_load: Load, hist: tuple[float, ...]) -> bool:
+    """The current window's mean load is within a factor TYPICAL_BAND of the regime
+    history's median: a probe is verified at the load it will live under, not in a spike."""
+    dist = regime.distribution(hist)
+    tw = sum(w for _, w in now_load)
+    if not dist or tw <= 0:
+        return False
+    mean_now = sum(b * w for b, w in now_load) / tw
+    total, acc, med = sum(w for _, w in dist), 0.0, dist[-1][0]
+    for b, w in dist:
+        acc += w
+        if acc >= total / 2:
+            med = b
+            break
+    return med / TYPICAL_BAND <= max(mean_now, 1.0) <= med * TYPICAL_BAND
+
+
+def _chained_tokens_per_step(now: acceptance.Survival, state: State, k_now: int,
+                             k_old: int) -> float | None:
+    """L(k_old) for a window at k_now < k_old: this window's positions, then the acceptance
+    history's conditional rates for the positions only the old K drafted; None when the
+    history lacks them."""
+    a, d = state.acc_sum, state.acc_drafts
+    if len(d) < k_old or len(a) < k_old or any(d[i] <= 0 for i in range(k_old)):
+        return None
+    hist = [a[i] / d[i] for i in range(k_old)]
+    s_j, total = now.s[k_now - 1], now.tokens_per_step(k_now)
+    for j in range(k_now, k_old):
+        prev = hist[j - 1]
+        if prev <= 1e-9:
+            return None
+        s_j *= min(1.0, hist[j] / prev)
+        total += s_j
+    return total
+
+
+def _measured_ms(points: tuple[CalPoint, ...], k: int, n: float) -> float | None:
+    """Step time at K ``k`` and verify width ``n`` interpolated between this deployment's
+    own calibration points at that K (linear, and at most 10 % past either end along the
+    end segment); None where they do not reach."""
+    pts = sorted((p.n, p.t_ms) for p in points if p.k == k and p.w > 0.5)
+    if len(pts) < 2 or not pts[0][0] / 1.1 <= n <= pts[-1][0] * 1.1:
+        return None
+    i = 1
+    while i < len(pts) - 1 and n > pts[i][0]:
+        i += 1
+    (n0, t0), (n1, t1) = pts[i - 1], pts[i]
+    if n1 <= n0:
+        return t1
+    return t0 + (t1 - t0) * (n - n0) / (n1 - n0)
+
+
+def _follow(s: Settings, state: State, k: int) -> tuple[int, float] | None:
+    """The next K in the direction of the last change, when that change was kept and
+    realized more than it predicted, and that K has never run here; with the model's error
+    on the last step (realized - predicted)."""
+    if not state.outcomes:
+        return None
+    o = state.outcomes[-1]
+    if o.verdict != "kept" or o.realized is None or o.k_to != k or o.k_from in (k, OFF) \
+            or k == OFF:
+        return None
+    bias = o.realized - o.predicted
+    if o.realized <= 0 or bias <= 0:
+        return None
+    c = k + (1 if o.k_to > o.k_from else -1)
+    if not s.k_min <= c <= s.k_max or any(p.k == c for p in state.points):
+        return None
+    return c, bias
 
 
 def _long_survival(state: State, k: int, window: Window, extend_to: int
@@ -438,8 +524,18 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
         long_s = _long_survival(state, v.k_from, window, max(v.k_from, 1))
         sv = survival if survival is not None and v.k_to > 0 else long_s
         l_old = sv.tokens_per_step(v.k_from) if sv is not None else None
+        if l_old is not None and sv is survival and 0 < v.k_to < v.k_from:
+            # Positions above the new K are not drafted now, but the old K measured them:
+            # chain the history's conditional acceptance onto this window's, instead of the
+            # extrapolated tail (which no measurement vouches for).
+            l_old = _chained_tokens_per_step(survival, state, v.k_to, v.k_from) or l_old
         if l_old is not None:
-            t_old = cost.step_ms(b, v.k_from, prefill)
+            # The old K as measured here at this width when it ran at such loads; the model
+            # only where it never did (a smooth fit misses the GEMM staircase between Ks).
+            n = b * (v.k_from + 1) + prefill
+            t_old = _measured_ms(state.points, v.k_from, n)
+            if t_old is None or isinstance(cost, _Known):
+                t_old = cost.step_ms(b, v.k_from, prefill)
             if isinstance(cost, _Known) and cost.source == "prior":
                 # A table not fitted to this deployment (the H200 prior taken as exact) is in
                 # another machine's units: only its ratio between the two Ks applies here.
@@ -589,7 +685,8 @@ def decide(
         evidence = sum(p.w for p in state.points)
         seen_for = now - (state.history_start or now)
         if s.explore and cost is None and source == "fitted" and \
-                evidence >= PROBE_MIN_WINDOWS and seen_for >= s.regime_seconds and (
+                evidence >= PROBE_MIN_WINDOWS and seen_for >= PROBE_AFTER * s.regime_seconds and \
+                _typical_now(window.load, state.load_hist) and (
                 state.last_probe is None or now - state.last_probe >= s.probe_interval_seconds):
             seen = {p.k for p in state.points}
             probe = frozenset(c for c in range(s.k_min, s.k_max + 1) if c not in seen)
@@ -599,7 +696,9 @@ def decide(
             isinstance(model, _Known) or any(p.k == s.initial_k for p in state.points)) else None
         target, why, gain, preds = goodput_target(
             s, k, long_s, loads, model, survival, window.load, life,
-            frozenset(r.k for r in state.rejected), probe, home)
+            frozenset(r.k for r in state.rejected), probe, home,
+            _follow(s, state, k) if s.explore and cost is None and source == "fitted"
+            else None)
         is_probe = why.startswith(f"K {k} -> {target}: probe")
     kw.update(predicted_gain=gain, predictions=preds)
 
