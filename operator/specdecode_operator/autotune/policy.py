@@ -366,7 +366,6 @@ def goodput_target(
 
 
 PROBE_SPAN = 2        # a probe moves K down by at most this much
-PROBE_UP = 0          # ... and up by at most this much
 PROBE_MIN_POINT = -0.03  # never probe a K the model already expects to lose by more
 PROBE_AFTER = 1 / 3   # of regimeSeconds of history before the first probe
 TYPICAL_BAND = 2.0    # a probe starts only while the load is within this factor of usual
@@ -384,8 +383,8 @@ def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load]
         # probe tests the cost model alone; above it the gain also rests on an extrapolated
         # acceptance tail that no bound vouches for (on the development set every upward
         # probe lost, and a kept one can strand K where the model is wrong).
-        if c in (k, OFF) or c not in unmeasured or c in rejected or k - c > PROBE_SPAN or \
-                c - k > PROBE_UP:
+        if c in (k, OFF) or c > k or c not in unmeasured or c in rejected or \
+                k - c > PROBE_SPAN:
             continue
         points, ucbs = [], []
         for ld, cur in zip(loads, curs, strict=True):
