@@ -139,3 +139,22 @@ def test_defaults_are_applied_by_the_apiserver(crds: LocalPlane, namespace: str)
     from specdecode_operator.render import defaulted_spec
     # The Python view of defaults equals what the apiserver stored.
     assert defaulted_spec(spec()) == stored
+
+
+def test_an_sdd_no_operator_has_written_reads_observed_generation_zero(
+        crds: LocalPlane, namespace: str) -> None:
+    """The status schema's default: kstatus (Flux) compares status.observedGeneration with
+    metadata.generation and reads an object without any status as Current; with the default
+    a fresh SDD reads InProgress until the operator's first write (docs/gitops.md)."""
+    from ..kube_helpers import get_json
+    apply(crds, sdd_doc("fresh", namespace, spec()))   # no operator runs here
+    fresh = get_json(crds, "sdd", "fresh", "-n", namespace)
+    assert fresh["metadata"]["generation"] == 1
+    assert fresh["status"] == {"observedGeneration": 0}
+    apply(crds, sdd_doc("fresh", namespace, spec(replicas=2)))
+    changed = get_json(crds, "sdd", "fresh", "-n", namespace)
+    assert (changed["metadata"]["generation"], changed["status"]) == \
+        (2, {"observedGeneration": 0})
+    listed = get_json(crds, "sdd", "-n", namespace)["items"]
+    assert [o["status"] for o in listed if o["metadata"]["name"] == "fresh"] == \
+        [{"observedGeneration": 0}]
