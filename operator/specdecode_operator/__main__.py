@@ -4,9 +4,8 @@ Kopf settings that matter in production:
 - ``--namespace`` (repeatable) scopes the operator; default: the whole cluster.
 - ``--liveness`` serves Kopf's liveness endpoint for the pod's livenessProbe.
 - ``--metrics-port`` serves the operator's own Prometheus metrics.
-- One replica (Deployment strategy Recreate) runs standalone. For a hot standby, run two
-  replicas with ``--peering NAME``: Kopf's peering (the KopfPeering CRDs) keeps exactly one
-  active; it needs kopf's peering CRDs installed.
+- One replica (Deployment strategy Recreate) runs alone. For a hot standby, run two replicas
+  with ``--leader-election=true`` (``leader``: a Lease, not Kopf's peering, which stays off).
 """
 
 from __future__ import annotations
@@ -40,8 +39,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     kopf.run(
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
-        standalone=not config.peering,
-        peering_name=config.peering or None,
+        standalone=True,  # no Kopf peering: replicas elect one active through a Lease
         liveness_endpoint=config.liveness or None,
         memo=kopf.Memo(config=config),  # handlers.startup builds the controller from it
     )

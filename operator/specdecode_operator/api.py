@@ -10,7 +10,7 @@ struct, so the apiserver merges the two owners field by field):
 
 - the reconciler (``specdecode-operator``): ``observedGeneration``, ``replicas``,
   ``readyReplicas``, ``updatedReplicas``, ``selector``, ``draftTokens.current``,
-  ``draftTokens.initial``, conditions Ready, Progressing, Degraded;
+  ``draftTokens.initial``, conditions Ready, Progressing, Degraded, Stalled;
 - the autotuner (``specdecode-autotuner``): ``acceptance``, ``autotune`` (including
   ``autotune.target``, the K it wants), ``draftTokens.recommended``, condition
   MetricsAvailable.
@@ -34,7 +34,12 @@ TUNER_MANAGER = "specdecode-autotuner"     # the autotuner's field manager (stat
 RECONCILER_KEYS = ("observedGeneration", "replicas", "readyReplicas", "updatedReplicas",
                    "selector")
 RECONCILER_DRAFT_TOKENS = ("current", "initial")
-RECONCILER_CONDITIONS = ("Ready", "Progressing", "Degraded")
+RECONCILER_CONDITIONS = ("Ready", "Progressing", "Degraded", "Stalled")
+# Degraded reasons that do not go away without a change (of the spec, the cluster's nodes or
+# RBAC): the reconciler reports them as Stalled=True too, which kstatus (Flux's health check)
+# reads as Failed. The others (APIError, ReconcileError) are retried with backoff and may pass.
+STALLED_REASONS = frozenset({"InvalidSpec", "ApplyFailed", "NoGPUNodes", "Unschedulable",
+                             "ProgressDeadlineExceeded"})
 TUNER_KEYS = ("acceptance", "autotune")
 TUNER_DRAFT_TOKENS = ("recommended",)
 TUNER_CONDITION = "MetricsAvailable"

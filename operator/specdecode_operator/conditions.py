@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .api import LABEL_SDD
+from .api import LABEL_SDD, STALLED_REASONS
 from .names import label_value
 
 
@@ -23,6 +23,16 @@ class Observed:
 def _condition(type_: str, status: bool, reason: str, message: str) -> dict[str, Any]:
     return {"type": type_, "status": "True" if status else "False", "reason": reason,
             "message": message}
+
+
+def stalled(degraded: dict[str, Any]) -> dict[str, Any]:
+    """The Stalled condition for a Degraded one, with its reason and message: True when the
+    problem needs a change to go away (``api.STALLED_REASONS``), else False (no problem, or
+    one a retry may clear). kstatus, which Flux's health check runs, reads Stalled=True as
+    Failed instead of waiting out its timeout; Degraded is not a condition type it knows."""
+    degraded_now = degraded.get("status") == "True"
+    return _condition("Stalled", degraded_now and degraded.get("reason") in STALLED_REASONS,
+                      str(degraded.get("reason") or ""), str(degraded.get("message") or ""))
 
 
 def _unschedulable(pods: list[dict[str, Any]]) -> str | None:
@@ -87,6 +97,7 @@ def conditions(sdd: dict[str, Any], desired_replicas: int, obs: Observed) -> lis
                               deadline.get("message", "rollout is stuck")))
     else:
         out.append(_condition("Degraded", False, "AsExpected", "no problems observed"))
+    out.append(stalled(out[-1]))
     gen_sdd = sdd["metadata"].get("generation")
     for c in out:
         c["observedGeneration"] = gen_sdd

@@ -16,6 +16,18 @@ from .autotune.observe import Labels
 
 
 @dataclass(frozen=True)
+class LeaderElection:
+    """Active/standby replicas through a coordination.k8s.io Lease (``leader``)."""
+
+    enabled: bool = False
+    lease_name: str = "specdecode-operator"
+    lease_namespace: str = "default"
+    lease_seconds: int = 15          # a holder that has not renewed for this long has lost it
+    retry_seconds: float = 2.0       # between attempts to acquire or renew
+    identity: str = ""               # the holder's name (the pod's); empty: hostname-pid
+
+
+@dataclass(frozen=True)
 class OperatorConfig:
     namespaces: tuple[str, ...] = ()          # watched namespaces; empty: the whole cluster
     kubeconfig: str | None = None             # None: in-cluster or ~/.kube/config
@@ -29,7 +41,7 @@ class OperatorConfig:
     liveness: str = "http://0.0.0.0:8080/healthz"
     metrics_port: int = 8081
     metrics_host: str = "0.0.0.0"
-    peering: str = ""
+    leader: LeaderElection = field(default_factory=LeaderElection)
     verbose: bool = False
 
     @property
@@ -68,6 +80,15 @@ _count = _integer(1, None, "whole number", "must be at least 1")
 _port = _integer(0, 65535, "port number", "is not a port (0..65535)")
 
 
+def _switch(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("", "0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not true or false: {text!r}")
+
+
 # flag, environment variable, type, default, help
 _SETTINGS: list[tuple[str, str, Callable[[str], object], str, str]] = [
     ("--prometheus-url", "SPECDECODE_PROMETHEUS_URL", str, "",
@@ -88,8 +109,18 @@ _SETTINGS: list[tuple[str, str, Callable[[str], object], str, str]] = [
      "port of the operator's /metrics, 0 to disable"),
     ("--metrics-host", "SPECDECODE_METRICS_HOST", str, "0.0.0.0",
      "address of the operator's /metrics"),
-    ("--peering", "SPECDECODE_PEERING", str, "",
-     "Kopf peering name for active/standby replicas; default standalone"),
+    ("--leader-election", "SPECDECODE_LEADER_ELECTION", _switch, "false",
+     "true: active/standby replicas, the active one holds a Lease (docs/helm.md)"),
+    ("--lease-name", "SPECDECODE_LEASE_NAME", str, "specdecode-operator",
+     "name of the leader-election Lease"),
+    ("--lease-namespace", "SPECDECODE_LEASE_NAMESPACE", str, "default",
+     "namespace of the leader-election Lease"),
+    ("--lease-seconds", "SPECDECODE_LEASE_SECONDS", _count, "15",
+     "seconds a holder that stopped renewing keeps the Lease"),
+    ("--lease-retry-seconds", "SPECDECODE_LEASE_RETRY_SECONDS", _number(0, True), "2",
+     "seconds between attempts to acquire or renew the Lease"),
+    ("--leader-identity", "SPECDECODE_POD_NAME", str, "",
+     "this replica's name in the Lease (the pod's name); default hostname-pid"),
 ]
 _LABELS = {"namespace": "SPECDECODE_PROM_LABEL_NAMESPACE", "sdd": "SPECDECODE_PROM_LABEL_SDD",
            "k": "SPECDECODE_PROM_LABEL_K", "pod": "SPECDECODE_PROM_LABEL_POD"}
@@ -119,6 +150,10 @@ def parse(argv: Sequence[str] | None, environ: Mapping[str, str]) -> OperatorCon
             except argparse.ArgumentTypeError as e:
                 ap.error(f"environment variable {env}: {e}")
     args = ap.parse_args(argv)
+    if args.leader_election and args.lease_retry_seconds >= args.lease_seconds:
+        # The holder gives up when it has not renewed for lease - retry seconds.
+        ap.error(f"--lease-retry-seconds ({args.lease_retry_seconds:g}) must be less than "
+                 f"--lease-seconds ({args.lease_seconds})")
     namespaces = args.namespace or [
         n.strip() for n in environ.get("SPECDECODE_NAMESPACES", "").split(",") if n.strip()]
     labels = Labels(**{f: environ.get(env) or getattr(Labels, f) for f, env in _LABELS.items()})
@@ -135,6 +170,9 @@ def parse(argv: Sequence[str] | None, environ: Mapping[str, str]) -> OperatorCon
         liveness=args.liveness,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
-        peering=args.peering,
+        leader=LeaderElection(
+            enabled=args.leader_election, lease_name=args.lease_name,
+            lease_namespace=args.lease_namespace, lease_seconds=args.lease_seconds,
+            retry_seconds=args.lease_retry_seconds, identity=args.leader_identity),
         verbose=args.verbose,
     )

@@ -114,12 +114,12 @@ class Controller:
         if sdd is None:
             return  # not even read: the API is away; the retry reports once it is back
         reason, message = failures.describe(exc)
-        live = sdd.get("status")
-        if not failures.is_new_problem(live, reason, message):
+        live, gen = sdd.get("status"), sdd["metadata"].get("generation")
+        if not failures.is_new_problem(live, reason, message, gen):
             return
         try:
             await self.kube.apply_status(
-                sdd, failures.degraded_status(live, reason, message, _now()),
+                sdd, failures.degraded_status(live, reason, message, _now(), gen),
                 manager=api.OPERATOR_MANAGER)
             await self.kube.event(sdd, "Warning", reason, message)
         except Exception as e:  # the API may be the problem; the retry tries again

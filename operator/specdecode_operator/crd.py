@@ -619,7 +619,8 @@ def status_schema() -> dict[str, Any]:
     condition = obj(
         "A condition (Kubernetes API conventions).",
         {
-            "type": string("Condition type: Ready, Progressing, Degraded, ..."),
+            "type": string("Condition type: Ready, Progressing, Degraded, Stalled, "
+                           "MetricsAvailable."),
             "status": string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
             "reason": string("CamelCase reason."),
             "message": string("Human-readable details."),
@@ -628,12 +629,17 @@ def status_schema() -> dict[str, Any]:
         },
         required=["type", "status"],
     )
+    # The default makes an object the operator has not looked at yet read observedGeneration
+    # 0 (the apiserver defaults status on every read, create included): kstatus (Flux's
+    # health check) then reads it as InProgress, not as Current, which it reads for an
+    # object with no status at all. docs/gitops.md, "Flux health".
     return obj(
         "Observed state, written by the operator only: the reconciler (field manager "
         "specdecode-operator) and the autotuner (specdecode-autotuner) each apply their own "
-        "fields.",
+        "fields. Until the operator's first write it reads observedGeneration 0.",
         {
-            "observedGeneration": integer("Last spec generation the operator acted on."),
+            "observedGeneration": integer("Last spec generation the operator acted on (0: "
+                                          "not yet looked at)."),
             "replicas": integer("Pods of the current Deployment."),
             "readyReplicas": integer("Ready pods."),
             "updatedReplicas": integer("Pods running the current template (current K)."),
@@ -687,6 +693,7 @@ def status_schema() -> dict[str, Any]:
                                 **{"x-kubernetes-list-type": "map",
                                    "x-kubernetes-list-map-keys": ["type"]}),
         },
+        default={"observedGeneration": 0},
     )
 
 

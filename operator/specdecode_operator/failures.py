@@ -34,19 +34,38 @@ def retry_delay(failures: int) -> float:
 
 
 def degraded_status(live: dict[str, Any] | None, reason: str, message: str,
-                    now: str) -> dict[str, Any]:
-    """The reconciler's status as it is, with Degraded=True for this problem."""
+                    now: str, generation: int | None = None) -> dict[str, Any]:
+    """The reconciler's status as it is, with Degraded=True for this problem and Stalled
+    following it (``conditions.stalled``).
+
+    When the problem is stalled (it will not pass on a retry) and ``generation`` is given, the
+    reconciler has looked at that generation and concluded: observedGeneration moves to it, so
+    kstatus reads Failed instead of "generation not observed yet" (InProgress). A problem a
+    retry may clear leaves observedGeneration where it was: a new generation stays InProgress.
+    """
     out = api.reconciler_view(live)
-    conds = [c for c in out.get("conditions") or [] if c.get("type") != "Degraded"]
-    conds.append({"type": "Degraded", "status": "True", "reason": reason, "message": message})
+    degraded = {"type": "Degraded", "status": "True", "reason": reason, "message": message}
+    stalled = conditions.stalled(degraded)
+    conds = [c for c in out.get("conditions") or [] if c.get("type") not in ("Degraded",
+                                                                            "Stalled")]
+    conds += [degraded, stalled]
+    if stalled["status"] == "True" and generation is not None:
+        out["observedGeneration"] = generation
+        for c in (degraded, stalled):
+            c["observedGeneration"] = generation
     out["conditions"] = sorted(
         conditions.merge_transition_times(conds, (live or {}).get("conditions") or [], now),
         key=lambda c: str(c["type"]))
     return out
 
 
-def is_new_problem(live: dict[str, Any] | None, reason: str, message: str) -> bool:
-    """False when the live Degraded condition already reports this problem (no new Event)."""
+def is_new_problem(live: dict[str, Any] | None, reason: str, message: str,
+                   generation: int | None = None) -> bool:
+    """False when the live Degraded condition already reports this problem (no new Event),
+    and, for a stalled problem with ``generation`` given, already for that generation."""
+    stalled_now = reason in api.STALLED_REASONS and generation is not None
+    if stalled_now and (live or {}).get("observedGeneration") != generation:
+        return True
     for c in (live or {}).get("conditions") or []:
         if c.get("type") == "Degraded":
             return not (c.get("status") == "True" and c.get("reason") == reason

@@ -70,7 +70,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 330
     settings.networking.error_backoffs = _Backoffs()
     kube = Kube.from_env(config.kubeconfig)
-    ctl = Controller(kube, discovery_ttl=config.discovery_ttl, active=not leader.ENABLED,
+    ctl = Controller(kube, discovery_ttl=config.discovery_ttl, active=not config.leader.enabled,
                      max_concurrent=config.max_concurrent_reconciles)
     memo["controller"] = ctl
     memo["watchdog"] = Watchdog(resync_seconds=config.resync_seconds, started=time.monotonic())
@@ -79,11 +79,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         """Start reconciling and tuning (at once, or when this replica is elected)."""
         ctl.active = True
         memo["resync"] = asyncio.create_task(
-            _resync_forever(ctl, config, memo["watchdog"], first_now=leader.ENABLED))
+            _resync_forever(ctl, config, memo["watchdog"], first_now=config.leader.enabled))
         memo["tuner"] = asyncio.create_task(Tuner.from_config(kube, config).run_forever())
 
-    if leader.ENABLED:
-        memo["leader"] = asyncio.create_task(leader.Elector(kube.client).run(act))
+    if config.leader.enabled:
+        memo["leader"] = asyncio.create_task(
+            leader.Elector(kube.client, config.leader).run(act))
     else:
         await act()
 

@@ -7,6 +7,8 @@ conflict, not as active and standby. A Lease is the Kubernetes convention (clien
 election, kube-controller-manager), gives a bounded take-over time (the lease duration plus
 one retry period) and compare-and-swap on resourceVersion means one holder at a time. A
 holder that cannot renew within the duration exits, so it never acts on a lease it lost.
+
+Its settings (``config.LeaderElection``) come from the operator's configuration.
 """
 
 from __future__ import annotations
@@ -23,57 +25,56 @@ from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 
+from .config import LeaderElection
+
 log = logging.getLogger(__name__)
 
-ENABLED = os.environ.get("SPECDECODE_LEADER_ELECTION", "") in ("1", "true", "True")
-LEASE_NAME = os.environ.get("SPECDECODE_LEASE_NAME", "specdecode-operator")
-LEASE_NAMESPACE = os.environ.get("SPECDECODE_LEASE_NAMESPACE", "default")
-DURATION = int(os.environ.get("SPECDECODE_LEASE_SECONDS", "15"))
-RETRY = float(os.environ.get("SPECDECODE_LEASE_RETRY_SECONDS", "2"))
 
-
-def identity() -> str:
-    return os.environ.get("SPECDECODE_POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+def identity(configured: str = "") -> str:
+    return configured or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def expired(spec: LeaseSpec | None, now: dt.datetime) -> bool:
+def expired(spec: LeaseSpec | None, now: dt.datetime, default_seconds: int = 15) -> bool:
     if spec is None or not spec.holderIdentity or spec.renewTime is None:
         return True
     renew = spec.renewTime if spec.renewTime.tzinfo else spec.renewTime.replace(tzinfo=dt.UTC)
-    return now > renew + dt.timedelta(seconds=spec.leaseDurationSeconds or DURATION)
+    return now > renew + dt.timedelta(seconds=spec.leaseDurationSeconds or default_seconds)
 
 
 class Elector:
-    def __init__(self, client: AsyncClient, me: str | None = None) -> None:
+    def __init__(self, client: AsyncClient, settings: LeaderElection,
+                 me: str | None = None) -> None:
         self.client = client
-        self.me = me or identity()
+        self.settings = settings
+        self.me = me or identity(settings.identity)
 
     async def _try(self) -> bool:
         """One attempt to acquire or renew; True while this replica holds the lease."""
-        now = _now()
+        now, st = _now(), self.settings
         try:
-            lease = await self.client.get(Lease, LEASE_NAME, namespace=LEASE_NAMESPACE)
+            lease = await self.client.get(Lease, st.lease_name, namespace=st.lease_namespace)
         except ApiError as e:
             if e.status.code != 404:
                 raise
             await self.client.create(Lease(
-                metadata=ObjectMeta(name=LEASE_NAME, namespace=LEASE_NAMESPACE),
-                spec=LeaseSpec(holderIdentity=self.me, leaseDurationSeconds=DURATION,
+                metadata=ObjectMeta(name=st.lease_name, namespace=st.lease_namespace),
+                spec=LeaseSpec(holderIdentity=self.me, leaseDurationSeconds=st.lease_seconds,
                                acquireTime=now, renewTime=now, leaseTransitions=0)))
             return True
         spec = lease.spec or LeaseSpec()
         if spec.holderIdentity != self.me:
-            if not expired(spec, now):
+            if not expired(spec, now, st.lease_seconds):
                 return False
-            log.info("lease %s/%s of %s expired: taking over", LEASE_NAMESPACE, LEASE_NAME,
-                     spec.holderIdentity)
+            log.info("lease %s/%s of %s expired: taking over", st.lease_namespace,
+                     st.lease_name, spec.holderIdentity)
             spec.leaseTransitions = (spec.leaseTransitions or 0) + 1
             spec.acquireTime = now
-        spec.holderIdentity, spec.renewTime, spec.leaseDurationSeconds = self.me, now, DURATION
+        spec.holderIdentity, spec.renewTime, spec.leaseDurationSeconds = \
+            self.me, now, st.lease_seconds
         lease.spec = spec
         # replace() sends metadata.resourceVersion: a concurrent writer makes this a 409.
         await self.client.replace(lease)
@@ -82,6 +83,7 @@ class Elector:
     async def run(self, on_elected: Callable[[], Awaitable[None]]) -> None:
         """Wait to be elected, call ``on_elected``, then renew for ever; exit the process
         when the lease cannot be renewed in time (another replica may hold it by then)."""
+        st = self.settings
         while True:
             try:
                 if await self._try():
@@ -91,23 +93,25 @@ class Elector:
                     log.warning("leader election: %s", e.status.message)
             except Exception as e:  # the API is away: keep waiting
                 log.warning("leader election: %s", e)
-            await asyncio.sleep(RETRY)
-        log.info("leader election: %s holds lease %s/%s", self.me, LEASE_NAMESPACE, LEASE_NAME)
+            await asyncio.sleep(st.retry_seconds)
+        log.info("leader election: %s holds lease %s/%s", self.me, st.lease_namespace,
+                 st.lease_name)
         await on_elected()
-        last = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
-            await asyncio.sleep(RETRY)
+            await asyncio.sleep(st.retry_seconds)
             try:
                 if await self._try():
-                    last = asyncio.get_running_loop().time()
+                    last = loop.time()
                     continue
                 log.error("leader election: lease %s/%s taken by another replica: exiting",
-                          LEASE_NAMESPACE, LEASE_NAME)
+                          st.lease_namespace, st.lease_name)
                 os._exit(1)
             except Exception as e:
                 log.warning("leader election: renewal failed: %s", e)
             # Stop before the lease can expire for the others (a margin of one retry).
-            if asyncio.get_running_loop().time() - last > DURATION - RETRY:
+            if loop.time() - last > st.lease_seconds - st.retry_seconds:
                 log.error("leader election: could not renew lease for %.0f s: exiting",
-                          asyncio.get_running_loop().time() - last)
+                          loop.time() - last)
                 os._exit(1)

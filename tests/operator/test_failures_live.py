@@ -51,6 +51,11 @@ def test_failed_reconcile_is_degraded_once_retried_and_recovers(
     assert deg["status"] == "True"
     assert "--tensor-parallel-size" in deg["message"] and "use spec.tensorParallelSize" \
         in deg["message"], deg
+    # Only a change fixes it: Stalled (kstatus: Failed) on the generation the operator read.
+    stalled = condition(sdd, "Stalled")
+    assert (stalled["status"], stalled["reason"], stalled["message"]) == \
+        ("True", "InvalidSpec", deg["message"])
+    assert sdd["status"]["observedGeneration"] == sdd["metadata"]["generation"]
     assert get_or_none(plane, "deployment", "old", "-n", namespace) is None
     # Retried with backoff, without any change to the object...
     errors = operator.metric("specdecode_operator_reconcile_errors_total")
@@ -62,7 +67,9 @@ def test_failed_reconcile_is_degraded_once_retried_and_recovers(
     assert warnings[0].get("count", 1) == 1
     # The user fixes the spec (the current CRD allows the update): it recovers.
     apply(plane, sdd_doc("old", namespace, SPEC))
-    wait_for("Degraded False", lambda: condition(
-        get_json(plane, "sdd", "old", "-n", namespace), "Degraded").get("status") == "False")
+    fixed = wait_for("Degraded False", lambda: (
+        s := get_json(plane, "sdd", "old", "-n", namespace))
+        and condition(s, "Degraded").get("status") == "False" and s)
+    assert condition(fixed, "Stalled")["status"] == "False"
     assert get_or_none(plane, "deployment", "old", "-n", namespace)
     assert any(e["reason"] == "Recovered" for e in events(plane, namespace, "old"))

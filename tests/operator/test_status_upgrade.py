@@ -167,7 +167,7 @@ def test_upgrade_from_one_status_manager_keeps_tuner_state_and_k_without_a_rollo
     st = sdd["status"]
     assert st["replicas"] == 2 and st["draftTokens"]["current"] == 7
     assert {c["type"] for c in st["conditions"]} == {"Ready", "Progressing", "Degraded",
-                                                     "MetricsAvailable"}
+                                                     "Stalled", "MetricsAvailable"}
     assert st["acceptance"] == ACCEPTANCE           # kept while there is no new window
     assert st["autotune"]["target"]["k"] == 7
     assert _k(get_json(plane, "deployment", "up", "-n", namespace)) == 7

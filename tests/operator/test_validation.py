@@ -139,3 +139,19 @@ def test_defaults_are_applied_by_the_apiserver(crds: LocalPlane, namespace: str)
     from specdecode_operator.render import defaulted_spec
     # The Python view of defaults equals what the apiserver stored.
     assert defaulted_spec(spec()) == stored
+
+
+def test_a_new_sdd_reads_observed_generation_zero_before_any_write(
+        crds: LocalPlane, namespace: str) -> None:
+    """The status schema's default: kstatus (Flux) compares status.observedGeneration with
+    metadata.generation and reads an object without any status as Current; with the default
+    a fresh SDD reads InProgress until the operator's first write (docs/gitops.md). The
+    create response is read back from storage before anyone can have written status (an
+    operator may run in this session; tests/gitops shows it on GET with the operator
+    stopped)."""
+    import json
+    doc = sdd_doc("fresh", namespace, spec())
+    created = json.loads(crds.kubectl("create", "-o", "json", "-f", "-",
+                                      input=json.dumps(doc)).stdout)
+    assert created["metadata"]["generation"] == 1
+    assert created["status"] == {"observedGeneration": 0}

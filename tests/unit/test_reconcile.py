@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from specdecode_operator import api, conditions
+from specdecode_operator import api, conditions, failures
 from specdecode_operator.reconcile import is_subset, needs_apply
 from specdecode_operator.render import render
 
@@ -69,6 +69,47 @@ def test_conditions_ready_progressing_degraded() -> None:
     full = _by_type(conditions.conditions(_sdd(), 1, _obs({}, [pending], nodes=2)))
     assert full["Degraded"]["reason"] == "Unschedulable"
     assert "Insufficient amd.com/gpu" in full["Degraded"]["message"]
+
+
+def test_stalled_mirrors_degraded_when_only_a_change_helps() -> None:
+    ok = _by_type(conditions.conditions(_sdd(), 2, _obs(
+        {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2})))
+    assert set(ok) == set(api.RECONCILER_CONDITIONS)
+    assert (ok["Stalled"]["status"], ok["Stalled"]["reason"]) == ("False", "AsExpected")
+    pending = {"metadata": {"name": "p"}, "status": {"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]}}
+    full = _by_type(conditions.conditions(_sdd(), 1, _obs({}, [pending], nodes=2)))
+    assert full["Stalled"] == {**full["Degraded"], "type": "Stalled"}
+    assert full["Stalled"]["status"] == "True"
+    stuck = _by_type(conditions.conditions(_sdd(), 1, _obs({"conditions": [{
+        "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+        "message": "ReplicaSet m-1 has timed out progressing."}]})))
+    assert (stuck["Stalled"]["status"], stuck["Stalled"]["reason"]) == \
+        ("True", "ProgressDeadlineExceeded")
+    assert conditions.stalled({"type": "Degraded", "status": "True", "reason": "APIError",
+                               "message": "503"})["status"] == "False"
+
+
+def test_a_failed_reconcile_reports_stalled_on_the_generation_it_looked_at() -> None:
+    live = conditions.status(_sdd(), desired_replicas=1, k=4, initial_k=4, obs=_obs(
+        {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}), now="T0")
+    live["observedGeneration"] = 2   # the spec moved on to generation 3
+    bad = failures.degraded_status(live, "InvalidSpec", "no such drafter", "T1", 3)
+    by = _by_type(bad["conditions"])
+    assert bad["observedGeneration"] == 3
+    assert (by["Stalled"]["status"], by["Stalled"]["reason"]) == ("True", "InvalidSpec")
+    assert by["Stalled"]["observedGeneration"] == by["Degraded"]["observedGeneration"] == 3
+    assert by["Ready"] == _by_type(live["conditions"])["Ready"]   # the rest kept as it was
+    # A problem a retry may clear: the new generation stays "not observed" (InProgress).
+    flaky = failures.degraded_status(live, "APIError", "503 Service Unavailable", "T1", 3)
+    assert flaky["observedGeneration"] == 2
+    assert _by_type(flaky["conditions"])["Stalled"]["status"] == "False"
+    # The same stalled problem on a newer generation is reported again (kstatus must see
+    # observedGeneration move); on the same generation it is not.
+    assert failures.is_new_problem(bad, "InvalidSpec", "no such drafter", 4)
+    assert not failures.is_new_problem(bad, "InvalidSpec", "no such drafter", 3)
+    assert not failures.is_new_problem(flaky, "APIError", "503 Service Unavailable", 4)
 
 
 def test_transition_time_kept_while_status_unchanged() -> None:

@@ -124,7 +124,7 @@ def test_the_tuners_target_is_what_the_next_reconcile_renders() -> None:
     reconciler = fake.status_fields_of(api.OPERATOR_MANAGER, "m")
     assert set(reconciler["draftTokens"]) == {"current", "initial"}
     assert {c["type"] for c in reconciler["conditions"]} == {"Ready", "Progressing",
-                                                             "Degraded"}
+                                                             "Degraded", "Stalled"}
     changes = [e for e in fake.events if e[2] == "DraftTokensChanged"]
     assert len(changes) == 1 and changes[0][3].startswith(f"autotune: K 3 -> {seen[-1]}")
 
