@@ -368,7 +368,7 @@ def goodput_target(
 PROBE_SPAN = 2        # a probe moves K down by at most this much
 PROBE_MIN_POINT = -0.03  # never probe a K the model already expects to lose by more
 PROBE_AFTER = 1 / 3   # of regimeSeconds of history before the first probe
-TYPICAL_BAND = 2.0    # a probe starts only while the load is within this factor of usual
+TYPICAL_BAND = 4.0    # a probe starts only while the load is within this factor of usual
 
 
 def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load], cost: Any,
