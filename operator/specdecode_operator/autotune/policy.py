@@ -13,7 +13,9 @@ must be right, rare and safe. One evaluation:
 4. prices every candidate K under the history, with a lower confidence bound that counts
    both acceptance and cost-model doubt, and changes only when the gain rate times the
    regime's expected remaining life pays for the restart, the current window agrees, the
-   recommendation is confirmed, and cooldown, daily budget and mode allow.
+   recommendation is confirmed, and cooldown, daily budget and mode allow;
+5. otherwise may probe a K the model has never seen below the current one (at usual load
+   only), or follow through one step further after a step that paid more than predicted.
 
 See docs/autotuner.md for the derivation of the rule.
 """
