@@ -110,14 +110,20 @@ def const_mix(m: Mix) -> Callable[[float, random.Random], Mix]:
     return lambda h, rng: m
 
 
-def flapping(a: Mix, b: Mix, lo_min: float, hi_min: float, seed: str
-             ) -> Callable[[float, random.Random], Mix]:
-    """Alternate between two mixes every lo..hi minutes (switch times fixed by the seed)."""
+def _switch_times(lo_min: float, hi_min: float, seed: str) -> list[float]:
+    """Hours of a day at which something flips, every lo..hi minutes (fixed by the seed)."""
     rng = random.Random(seed)
     switches, t = [], 0.0
     while t < 24:
         t += rng.uniform(lo_min, hi_min) / 60
         switches.append(t)
+    return switches
+
+
+def flapping(a: Mix, b: Mix, lo_min: float, hi_min: float, seed: str
+             ) -> Callable[[float, random.Random], Mix]:
+    """Alternate between two mixes every lo..hi minutes (switch times fixed by the seed)."""
+    switches = _switch_times(lo_min, hi_min, seed)
 
     def mix(h: float, _rng: random.Random) -> Mix:
         n = sum(1 for s in switches if s <= h)
@@ -157,11 +163,7 @@ def step_change(before: float, after: float, at: float) -> Callable[[float, rand
 
 def alternating(lo: float, hi: float, lo_min: float, hi_min: float, seed: str
                 ) -> Callable[[float, random.Random], float]:
-    rng = random.Random(seed)
-    switches, t = [], 0.0
-    while t < 24:
-        t += rng.uniform(lo_min, hi_min) / 60
-        switches.append(t)
+    switches = _switch_times(lo_min, hi_min, seed)
 
     def load(h: float, r: random.Random) -> float:
         n = sum(1 for s in switches if s <= h)
