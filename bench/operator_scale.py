@@ -307,7 +307,7 @@ def main() -> int:
             kube = Kube.from_env(str(plane.kubeconfig))
             try:
                 # The tuner judges the K that runs: reconcile first (status.draftTokens).
-                ctl = Controller(kube)
+                ctl = Controller(kube, await kube.snapshot(ns))
                 for o in await kube.list_sdds(ns):
                     ctl.trigger(ns, o["metadata"]["name"])
                 await ctl.idle()

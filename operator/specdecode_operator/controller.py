@@ -1,8 +1,11 @@
-"""The reconcile loop's shell: read, call the pure functions, write only what changed.
+"""The reconcile loop's shell: read the cache, call the pure functions, write only what
+changed.
 
 Triggers (SDD events, child events, periodic resync) are coalesced per object: at most one
 reconcile of an object runs at a time, and triggers that arrive meanwhile cause exactly one
-more pass.
+more pass. Reads come from the watch-fed cache (``cache.py``); the only reads from the
+apiserver are cluster facts held for ``discovery_ttl`` (the PodMonitor CRD, the nodes
+offering a GPU resource).
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from typing import Any
 
 from lightkube import ApiError
 
-from . import api, conditions, draft_tokens, failures, metrics
+from . import api, conditions, draft_tokens, failures, metrics, names
+from .cache import SDD_KIND, Cache
 from .kube import Kube
 from .reconcile import needs_apply
-from .render import render, selector_labels
+from .render import render
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,10 @@ def _now() -> str:
 @dataclass
 class Controller:
     kube: Kube
-    discovery_ttl: float = 60.0  # seconds the PodMonitor CRD's presence (or absence) holds
+    cache: Cache
+    # Seconds a cluster fact holds: the PodMonitor CRD's presence (or absence), and how many
+    # nodes offer a GPU resource (asked only while a pod is unschedulable).
+    discovery_ttl: float = 60.0
     # False on a standby replica (leader election): triggers are dropped until elected.
     active: bool = True
     # Reconciles in flight at once: hundreds of objects at start-up must queue here rather
@@ -45,6 +52,9 @@ class Controller:
     _running: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
     _again: set[Key] = field(default_factory=set)
     _pod_monitor: tuple[float, bool] = (0.0, False)
+    _nodes: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # Triggers held back until the cache has its initial listing (see cache.py).
+    _pending: set[Key] = field(default_factory=set)
     # Consecutive failed reconciles per object, and their scheduled retries.
     _failures: dict[Key, int] = field(default_factory=dict)
     _retries: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
@@ -58,10 +68,22 @@ class Controller:
         if not self.active:
             return
         key = (namespace, name)
+        if not self.cache.synced:
+            self._pending.add(key)
+            return
         if key in self._running:
             self._again.add(key)
             return
         self._running[key] = asyncio.create_task(self._loop(key), name=f"reconcile {key}")
+
+    def cache_synced(self) -> None:
+        """Kopf has listed every watched kind: run the triggers held back meanwhile."""
+        if self.cache.synced:
+            return
+        self.cache.synced = True
+        pending, self._pending = self._pending, set()
+        for key in sorted(pending):
+            self.trigger(*key)
 
     async def _loop(self, key: Key) -> None:
         try:
@@ -85,7 +107,7 @@ class Controller:
             t0 = time.monotonic()
             sdd = None
             try:
-                sdd = await self.kube.get_sdd(namespace, name)
+                sdd = self.cache.sdd(namespace, name)
                 if sdd is not None:  # deleted: garbage collection removes the children
                     await self.reconcile(sdd)
                 self._succeeded(key)
@@ -118,9 +140,9 @@ class Controller:
         if not failures.is_new_problem(live, reason, message):
             return
         try:
-            await self.kube.apply_status(
+            self.cache.wrote(SDD_KIND, await self.kube.apply_status(
                 sdd, failures.degraded_status(live, reason, message, _now()),
-                manager=api.OPERATOR_MANAGER)
+                manager=api.OPERATOR_MANAGER))
             await self.kube.event(sdd, "Warning", reason, message)
         except Exception as e:  # the API may be the problem; the retry tries again
             log.warning("%s/%s: could not report %s: %s", *key, reason, e)
@@ -132,6 +154,13 @@ class Controller:
             available = await self.kube.pod_monitor_available()
             self._pod_monitor = (time.monotonic(), available)
         return available
+
+    async def _nodes_offering(self, resource: str) -> int:
+        checked, count = self._nodes.get(resource, (0.0, 0))
+        if not checked or time.monotonic() - checked > self.discovery_ttl:
+            count = await self.kube.nodes_offering(resource)
+            self._nodes[resource] = (time.monotonic(), count)
+        return count
 
     async def reconcile(self, sdd: dict[str, Any]) -> None:
         meta = sdd["metadata"]
@@ -154,11 +183,12 @@ class Controller:
         apply_error = None
         deployment = None
         for m in manifests:
-            live = await self.kube.get_child(m["kind"], ns, m["metadata"]["name"])
+            live = self.cache.child(m["kind"], ns, m["metadata"]["name"])
             why = needs_apply(m, live)
             if why is not None:
                 try:
                     live = await self.kube.apply(m)
+                    self.cache.wrote(m["kind"], live)
                 except ApiError as e:
                     apply_error = f"applying {m['kind']} {name}: {e.status.message}"
                     log.warning("%s/%s: %s", ns, name, apply_error)
@@ -171,11 +201,11 @@ class Controller:
             if m["kind"] == "Deployment":
                 deployment = live
 
-        pods = await self.kube.list_pods(ns, selector_labels(name))
+        pods = self.cache.pods_of(ns, names.label_value(name))
         gpu_resource = view.gpu_resource
         nodes_offering = None
         if conditions._unschedulable(pods):
-            nodes_offering = await self.kube.nodes_offering(gpu_resource)
+            nodes_offering = await self._nodes_offering(gpu_resource)
         obs = conditions.Observed(deployment=deployment, pods=pods, gpu_resource=gpu_resource,
                                   nodes_offering_gpu=nodes_offering, apply_error=apply_error)
         new_status = conditions.status(
@@ -187,7 +217,8 @@ class Controller:
         # A legacy object is applied once even when nothing changed: that releases the
         # reconciler's ownership of the autotuner's fields.
         if legacy or api.reconciler_differs(new_status, sdd.get("status")):
-            await self.kube.apply_status(sdd, new_status, manager=api.OPERATOR_MANAGER)
+            self.cache.wrote(SDD_KIND, await self.kube.apply_status(
+                sdd, new_status, manager=api.OPERATOR_MANAGER))
             await self._status_events(sdd, new_status, old_k, cur)
 
     async def _migrate_status(self, sdd: dict[str, Any]) -> dict[str, Any] | None:
@@ -207,6 +238,7 @@ class Controller:
             raise
         log.info("%s/%s: status migrated to one field manager per writer",
                  meta["namespace"], meta["name"])
+        self.cache.wrote(SDD_KIND, out)
         return out
 
     async def _status_events(
