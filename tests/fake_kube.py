@@ -153,6 +153,7 @@ class FakeKube:
 
     async def pod_monitor_available(self) -> bool:
         self.calls.append(("pod_monitor_available",))
+        await asyncio.sleep(0)   # a request: other reconciles run meanwhile
         return self.pod_monitor_crd
 
     # ---- writes --------------------------------------------------------------------------

@@ -218,3 +218,20 @@ def test_unschedulable_pods_ask_for_the_nodes_once_per_discovery_ttl() -> None:
         ("nodes_offering", "nvidia.com/gpu")]
     degraded = {c["type"]: c for c in status["conditions"]}["Degraded"]
     assert degraded["reason"] == "NoGPUNodes"
+
+
+def test_a_resync_burst_asks_for_the_pod_monitor_crd_once() -> None:
+    async def go() -> FakeKube:
+        fake = FakeKube()
+        for i in range(20):
+            fake.add_sdd(f"m{i}", SPEC)
+        ctl = Controller(fake, fake.cache(), max_concurrent=8)  # type: ignore[arg-type]
+        for i in range(20):
+            ctl.trigger("ns", f"m{i}")
+        await ctl.idle()
+        return fake
+
+    fake = asyncio.run(go())
+    assert [c for c in fake.calls if c[0] == "pod_monitor_available"] == [
+        ("pod_monitor_available",)]
+    assert sum(1 for c in fake.calls if c == ("apply", "Deployment")) == 20
