@@ -135,7 +135,7 @@ class Controller:
                 self.trigger(*k)
             self._retries[key] = asyncio.get_running_loop().call_later(delay, fire)
         if sdd is None:
-            return  # not even read: the API is away; the retry reports once it is back
+            return  # gone from the cache: deleted meanwhile
         reason, message = failures.describe(exc)
         live = sdd.get("status")
         if not failures.is_new_problem(live, reason, message):
