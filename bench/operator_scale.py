@@ -15,6 +15,13 @@
    ten SDDs applied the same way just before, in the same run (per SDD).
 
     python bench/operator_scale.py --only scale --scale 500
+
+5. Reads: --scale SDDs, the operator converged, with the operator's default timings (resync
+   60 s, tuning tick 10 s): the apiserver's GET/LIST and write requests per minute
+   (``apiserver_request_total`` by verb), against the same plane with the same objects and
+   the operator stopped, measured in the same run.
+
+    python bench/operator_scale.py --only reads --scale 500
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -163,13 +171,80 @@ def scale(plane: LocalPlane, prom: PrometheusServer, work: Path, n: int, quiet: 
         op.stop()
 
 
+READ_VERBS = ("GET", "LIST")
+WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION")
+_REQ = re.compile(r'^apiserver_request_total\{(.*)\} (\S+)$')
+
+
+def request_counts(plane: LocalPlane) -> Counter[tuple[str, str]]:
+    """The apiserver's requests so far by (verb, resource[/subresource])."""
+    out: Counter[tuple[str, str]] = Counter()
+    for line in plane.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+        m = _REQ.match(line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        what = labels.get("resource", "") + (f"/{labels['subresource']}"
+                                             if labels.get("subresource") else "")
+        out[(labels.get("verb", ""), what)] += int(float(m.group(2)))
+    return out
+
+
+def per_minute(plane: LocalPlane, seconds: float) -> tuple[float, float, Counter[str]]:
+    """GET/LIST and writes per minute over the next ``seconds``, and reads by resource."""
+    before = request_counts(plane)
+    time.sleep(seconds)
+    diff = request_counts(plane)
+    diff.subtract(before)
+    scale_ = 60.0 / seconds
+    reads = sum(v for (verb, _), v in diff.items() if verb in READ_VERBS) * scale_
+    writes = sum(v for (verb, _), v in diff.items() if verb in WRITE_VERBS) * scale_
+    by_resource: Counter[str] = Counter()
+    for (verb, what), v in diff.items():
+        if verb in READ_VERBS and v:
+            by_resource[f"{verb} {what}"] += round(v * scale_)
+    return reads, writes, by_resource
+
+
+def reads(plane: LocalPlane, prom: PrometheusServer, work: Path, n: int, quiet: float) -> None:
+    """Section 5: API requests per minute of the converged operator over n SDDs, against the
+    plane with the same objects and the operator stopped (same run)."""
+    ns = "bench-reads"
+    defaults = {"SPECDECODE_PROMETHEUS_URL": prom.url, "SPECDECODE_RESYNC_SECONDS": "60",
+                "SPECDECODE_AUTOTUNE_TICK": "10", "SPECDECODE_DISCOVERY_TTL": "60"}
+    op = start_operator(plane, work / "op-reads", env=defaults)
+    try:
+        apply_and_wait_status(plane, ns, n)
+        t0 = time.monotonic()
+        while with_status(plane, ns, ready=True) < n and time.monotonic() - t0 < 600:
+            time.sleep(5.0)
+        print(f"reads: Ready on {with_status(plane, ns, ready=True)}/{n} after another "
+              f"{time.monotonic() - t0:.1f} s")
+        wait_quiet(op, settle=10, timeout=600)
+        r_op, w_op, top = per_minute(plane, quiet)
+        passes = op.reconciles()
+    finally:
+        op.stop()
+    r_idle, w_idle, top_idle = per_minute(plane, quiet)
+    print(f"reads: plane idle ({n} SDDs, operator stopped): {r_idle:.0f} GET/LIST and "
+          f"{w_idle:.0f} writes per minute")
+    print(f"reads: converged operator over {n} SDDs (resync 60 s, {passes:.0f} reconciles "
+          f"in its life): {r_op:.0f} GET/LIST and {w_op:.0f} writes per minute; the "
+          f"operator's share {r_op - r_idle:.0f} GET/LIST ({(r_op - r_idle) / n:.2f} per SDD), "
+          f"{w_op - w_idle:.0f} writes")
+    extra = top.copy()
+    extra.subtract(top_idle)
+    print("reads: GET/LIST per minute above idle, by resource: " + ", ".join(
+        f"{k}: {v}" for k, v in extra.most_common(8) if v > 0))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=50)
     ap.add_argument("--sdds", type=int, default=200)
     ap.add_argument("--scale", type=int, default=500)
     ap.add_argument("--quiet-seconds", type=float, default=60)
-    ap.add_argument("--only", choices=["scale"], help="run only this section")
+    ap.add_argument("--only", choices=["scale", "reads"], help="run only this section")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="specdecode-bench-"))
     # Room for every pod of section 4 (one GPU each): unschedulable pods are not "quiet".
@@ -179,6 +254,9 @@ def main() -> int:
         install_crds(plane)
         if args.only == "scale":
             scale(plane, prom, work, args.scale, args.quiet_seconds)
+            return 0
+        if args.only == "reads":
+            reads(plane, prom, work, args.scale, args.quiet_seconds)
             return 0
         op = start_operator(plane, work / "op", env={"SPECDECODE_PROMETHEUS_URL": prom.url})
         try:
@@ -229,7 +307,7 @@ def main() -> int:
             kube = Kube.from_env(str(plane.kubeconfig))
             try:
                 # The tuner judges the K that runs: reconcile first (status.draftTokens).
-                ctl = Controller(kube)
+                ctl = Controller(kube, await kube.snapshot(ns))
                 for o in await kube.list_sdds(ns):
                     ctl.trigger(ns, o["metadata"]["name"])
                 await ctl.idle()

@@ -6,12 +6,18 @@ Status writes follow server-side apply's merge for this CRD's status: each field
 last applied fields are kept; top-level fields, the ``draftTokens`` struct's fields and the
 ``conditions`` entries (keyed by type) merge across managers, and a field a manager stops
 sending goes unless another manager sent it too.
+
+Reads go through the operator's real ``Cache`` over index views of the fake's objects (the
+shape Kopf's indices have). By default the "watch" delivers at once; ``hold_watch()`` freezes
+what the cache's indices show until ``deliver()``, to test reads that lag the operator's own
+writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +25,29 @@ from lightkube import ApiError
 from lightkube.models import meta_v1
 
 from specdecode_operator.api import LABEL_SDD
+from specdecode_operator.cache import Cache
 
 Key = tuple[str, str]
+KINDS = ("Deployment", "Service", "PodDisruptionBudget", "PodMonitor")
+
+
+class _IndexView(Mapping[Any, list[dict[str, Any]]]):
+    """A Kopf-index-shaped view (key -> [objects]) computed from the fake's state."""
+
+    def __init__(self, build: Callable[[], dict[Any, list[dict[str, Any]]]],
+                 on_read: Callable[[Any], None] | None = None) -> None:
+        self._build, self._on_read = build, on_read
+
+    def __getitem__(self, key: Any) -> list[dict[str, Any]]:
+        if self._on_read:
+            self._on_read(key)
+        return self._build()[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
 
 
 def api_error(code: int, message: str) -> ApiError:
@@ -55,9 +82,41 @@ class FakeKube:
     fail_apply: dict[str, ApiError] = field(default_factory=dict)   # kind -> error to raise
     calls: list[tuple[str, ...]] = field(default_factory=list)      # (verb, what) in order
     events: list[tuple[str, str, str, str]] = field(default_factory=list)  # name, type, ...
-    gate: asyncio.Event | None = None   # when set up, get_sdd waits for it (tests block a pass)
+    gate: asyncio.Event | None = None   # when set up, apply waits for it (tests block a pass)
     _status_by_manager: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
     _rv: int = 0
+    # What the watch has delivered, frozen by hold_watch(); None: everything, at once.
+    _watched: tuple[Any, Any, Any] | None = None
+
+    # ---- the watch-fed cache -------------------------------------------------------------
+    def cache(self, synced: bool = True) -> Cache:
+        """The operator's cache over what this fake's watch delivered."""
+        return Cache(
+            sdds=_IndexView(lambda: {k: [o] for k, o in self._seen()[0].items()},
+                            lambda key: self.calls.append(("cache_sdd", key[1]))),
+            children={kind: _IndexView(lambda kind=kind: {
+                (ns, n): [o] for (k, ns, n), o in self._seen()[1].items() if k == kind})
+                for kind in KINDS},
+            pods=_IndexView(self._pods_by_label), synced=synced)
+
+    def hold_watch(self) -> None:
+        """From now on the cache shows what exists now, until deliver()."""
+        self._watched = copy.deepcopy((self.sdds, self.children, self.pods))
+
+    def deliver(self) -> None:
+        self._watched = None
+
+    def _seen(self) -> tuple[Any, Any, Any]:
+        return self._watched if self._watched is not None else (
+            self.sdds, self.children, self.pods)
+
+    def _pods_by_label(self) -> dict[Any, list[dict[str, Any]]]:
+        out: dict[Any, list[dict[str, Any]]] = {}
+        for p in self._seen()[2]:
+            label = (p["metadata"].get("labels") or {}).get(LABEL_SDD)
+            if label:
+                out.setdefault((p["metadata"]["namespace"], label), []).append(p)
+        return out
 
     # ---- test helpers --------------------------------------------------------------------
     def add_sdd(self, name: str, spec: dict[str, Any], namespace: str = "ns",
@@ -83,29 +142,10 @@ class FakeKube:
                              or {})
 
     # ---- reads ---------------------------------------------------------------------------
-    async def get_sdd(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.calls.append(("get_sdd", name))
-        if self.gate is not None:
-            await self.gate.wait()
-        o = self.sdds.get((namespace, name))
-        return copy.deepcopy(o) if o else None
-
     async def list_sdds(self, namespace: str | None = None) -> list[dict[str, Any]]:
         self.calls.append(("list_sdds", namespace or "*"))
         return [copy.deepcopy(o) for (ns, _), o in sorted(self.sdds.items())
                 if namespace is None or ns == namespace]
-
-    async def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        self.calls.append(("get_child", kind))
-        o = self.children.get((kind, namespace, name))
-        return copy.deepcopy(o) if o else None
-
-    async def list_pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
-        self.calls.append(("list_pods", namespace))
-        return [copy.deepcopy(p) for p in self.pods
-                if p["metadata"]["namespace"] == namespace and all(
-                    (p["metadata"].get("labels") or {}).get(k) == v
-                    for k, v in selector.items())]
 
     async def nodes_offering(self, resource: str) -> int:
         self.calls.append(("nodes_offering", resource))
@@ -113,12 +153,15 @@ class FakeKube:
 
     async def pod_monitor_available(self) -> bool:
         self.calls.append(("pod_monitor_available",))
+        await asyncio.sleep(0)   # a request: other reconciles run meanwhile
         return self.pod_monitor_crd
 
     # ---- writes --------------------------------------------------------------------------
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         kind, meta = manifest["kind"], manifest["metadata"]
         self.calls.append(("apply", kind))
+        if self.gate is not None:
+            await self.gate.wait()
         if kind in self.fail_apply:
             raise self.fail_apply[kind]
         key = (kind, meta["namespace"], meta["name"])
@@ -128,6 +171,8 @@ class FakeKube:
         changed = old is None or {k: v for k, v in old.items() if k != "status"} != {
             k: v for k, v in manifest.items() if k != "status"}
         live["metadata"]["generation"] = gen + 1 if changed else gen
+        self._rv += 1
+        live["metadata"]["resourceVersion"] = str(self._rv)
         if old and "status" in old:
             live["status"] = old["status"]
         self.children[key] = live

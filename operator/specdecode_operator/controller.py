@@ -1,8 +1,11 @@
-"""The reconcile loop's shell: read, call the pure functions, write only what changed.
+"""The reconcile loop's shell: read the cache, call the pure functions, write only what
+changed.
 
 Triggers (SDD events, child events, periodic resync) are coalesced per object: at most one
 reconcile of an object runs at a time, and triggers that arrive meanwhile cause exactly one
-more pass.
+more pass. Reads come from the watch-fed cache (``cache.py``); the only reads from the
+apiserver are cluster facts held for ``discovery_ttl`` (the PodMonitor CRD, the nodes
+offering a GPU resource).
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ from typing import Any
 
 from lightkube import ApiError
 
-from . import api, conditions, draft_tokens, failures, metrics
+from . import api, conditions, failures, metrics, names, plan
+from .cache import SDD_KIND, Cache
 from .kube import Kube
-from .reconcile import needs_apply
-from .render import render, selector_labels
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+CHILD_KINDS = ("Deployment", "Service", "PodDisruptionBudget", "PodMonitor")
 
 
 
@@ -34,7 +37,10 @@ def _now() -> str:
 @dataclass
 class Controller:
     kube: Kube
-    discovery_ttl: float = 60.0  # seconds the PodMonitor CRD's presence (or absence) holds
+    cache: Cache
+    # Seconds a cluster fact holds: the PodMonitor CRD's presence (or absence), and how many
+    # nodes offer a GPU resource (asked only while a pod is unschedulable).
+    discovery_ttl: float = 60.0
     # False on a standby replica (leader election): triggers are dropped until elected.
     active: bool = True
     # Reconciles in flight at once: hundreds of objects at start-up must queue here rather
@@ -45,23 +51,40 @@ class Controller:
     _running: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
     _again: set[Key] = field(default_factory=set)
     _pod_monitor: tuple[float, bool] = (0.0, False)
+    _nodes: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # Triggers held back until the cache has its initial listing (see cache.py).
+    _pending: set[Key] = field(default_factory=set)
     # Consecutive failed reconciles per object, and their scheduled retries.
     _failures: dict[Key, int] = field(default_factory=dict)
     _retries: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
     _slots: asyncio.Semaphore = field(init=False)
+    _facts_lock: asyncio.Lock = field(init=False)
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(self.max_concurrent)
+        self._facts_lock = asyncio.Lock()
 
     # ---- triggering ----------------------------------------------------------------------
     def trigger(self, namespace: str, name: str) -> None:
         if not self.active:
             return
         key = (namespace, name)
+        if not self.cache.synced:
+            self._pending.add(key)
+            return
         if key in self._running:
             self._again.add(key)
             return
         self._running[key] = asyncio.create_task(self._loop(key), name=f"reconcile {key}")
+
+    def cache_synced(self) -> None:
+        """Kopf has listed every watched kind: run the triggers held back meanwhile."""
+        if self.cache.synced:
+            return
+        self.cache.synced = True
+        pending, self._pending = self._pending, set()
+        for key in sorted(pending):
+            self.trigger(*key)
 
     async def _loop(self, key: Key) -> None:
         try:
@@ -85,7 +108,7 @@ class Controller:
             t0 = time.monotonic()
             sdd = None
             try:
-                sdd = await self.kube.get_sdd(namespace, name)
+                sdd = self.cache.sdd(namespace, name)
                 if sdd is not None:  # deleted: garbage collection removes the children
                     await self.reconcile(sdd)
                 self._succeeded(key)
@@ -112,28 +135,55 @@ class Controller:
                 self.trigger(*k)
             self._retries[key] = asyncio.get_running_loop().call_later(delay, fire)
         if sdd is None:
-            return  # not even read: the API is away; the retry reports once it is back
+            return  # gone from the cache: deleted meanwhile
         reason, message = failures.describe(exc)
         live, gen = sdd.get("status"), sdd["metadata"].get("generation")
         if not failures.is_new_problem(live, reason, message, gen):
             return
         try:
-            await self.kube.apply_status(
+            self.cache.wrote(SDD_KIND, await self.kube.apply_status(
                 sdd, failures.degraded_status(live, reason, message, _now(), gen),
-                manager=api.OPERATOR_MANAGER)
+                manager=api.OPERATOR_MANAGER))
             await self.kube.event(sdd, "Warning", reason, message)
         except Exception as e:  # the API may be the problem; the retry tries again
             log.warning("%s/%s: could not report %s: %s", *key, reason, e)
 
     async def _pod_monitor_available(self) -> bool:
         # The CRD rarely appears or goes: look again at most every discovery_ttl seconds.
-        checked, available = self._pod_monitor
-        if time.monotonic() - checked > self.discovery_ttl:
-            available = await self.kube.pod_monitor_available()
-            self._pod_monitor = (time.monotonic(), available)
+        # The reconciles of a resync run at once: one asks, the others wait for its answer.
+        async with self._facts_lock:
+            checked, available = self._pod_monitor
+            if time.monotonic() - checked > self.discovery_ttl:
+                available = await self.kube.pod_monitor_available()
+                self._pod_monitor = (time.monotonic(), available)
         return available
 
+    async def _nodes_offering(self, resource: str) -> int:
+        async with self._facts_lock:
+            checked, count = self._nodes.get(resource, (0.0, 0))
+            if not checked or time.monotonic() - checked > self.discovery_ttl:
+                count = await self.kube.nodes_offering(resource)
+                self._nodes[resource] = (time.monotonic(), count)
+        return count
+
+    async def _observe(self, sdd: dict[str, Any], view: api.SpecView,
+                       apply_error: str | None = None) -> plan.Observation:
+        meta = sdd["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        child = names.child_name(name)
+        children = {kind: self.cache.child(kind, ns, names.service_name(name)
+                                           if kind == "Service" else child)
+                    for kind in CHILD_KINDS}
+        pods = self.cache.pods_of(ns, names.label_value(name))
+        nodes = await self._nodes_offering(view.gpu_resource) \
+            if conditions._unschedulable(pods) else None
+        return plan.Observation(children=children, pods=pods,
+                                pod_monitor_available=await self._pod_monitor_available(),
+                                nodes_offering_gpu=nodes, now=_now(),
+                                apply_error=apply_error)
+
     async def reconcile(self, sdd: dict[str, Any]) -> None:
+        """Plan from the cache, execute the plan (plan.py says what and why)."""
         meta = sdd["metadata"]
         ns, name = meta["namespace"], meta["name"]
         if meta.get("deletionTimestamp"):
@@ -145,50 +195,29 @@ class Controller:
                 return  # the object changed meanwhile: its watch event reconciles it again
             sdd = migrated
         view = api.SpecView.of(sdd)  # the spec, read and defaulted once
-        spec, bounds = view.spec, view.bounds
-        cur = draft_tokens.current_k(spec, sdd.get("status"))
-        old_k = ((sdd.get("status") or {}).get("draftTokens") or {}).get("current")
-
-        manifests = render(sdd, cur.k, spec=spec,
-                           pod_monitor_available=await self._pod_monitor_available())
-        apply_error = None
-        deployment = None
-        for m in manifests:
-            live = await self.kube.get_child(m["kind"], ns, m["metadata"]["name"])
-            why = needs_apply(m, live)
-            if why is not None:
+        p = plan.plan(sdd, view, await self._observe(sdd, view), legacy=legacy)
+        if p.applies:
+            apply_error = None
+            for a in p.applies:
                 try:
-                    live = await self.kube.apply(m)
+                    self.cache.wrote(a.kind, await self.kube.apply(a.manifest))
                 except ApiError as e:
-                    apply_error = f"applying {m['kind']} {name}: {e.status.message}"
+                    apply_error = f"applying {a.kind} {name}: {e.status.message}"
                     log.warning("%s/%s: %s", ns, name, apply_error)
                     continue
-                verb = {"missing": "Created", "changed": "Updated", "drifted": "Reverted"}[why]
-                detail = " (a hand edit of an owned field)" if why == "drifted" else ""
-                await self.kube.event(sdd, "Normal", verb,
-                                      f"{verb} {m['kind']} {name}{detail}")
-                metrics.CHILD_WRITES.labels(kind=m["kind"], reason=why).inc()
-            if m["kind"] == "Deployment":
-                deployment = live
-
-        pods = await self.kube.list_pods(ns, selector_labels(name))
-        gpu_resource = view.gpu_resource
-        nodes_offering = None
-        if conditions._unschedulable(pods):
-            nodes_offering = await self.kube.nodes_offering(gpu_resource)
-        obs = conditions.Observed(deployment=deployment, pods=pods, gpu_resource=gpu_resource,
-                                  nodes_offering_gpu=nodes_offering, apply_error=apply_error)
-        new_status = conditions.status(
-            sdd, desired_replicas=view.replicas, k=cur.k,
-            initial_k=bounds.initial if bounds else None, obs=obs, now=_now(),
-        )
-        if cur.k is not None:
-            metrics.CURRENT_K.labels(namespace=ns, name=name).set(cur.k)
-        # A legacy object is applied once even when nothing changed: that releases the
-        # reconciler's ownership of the autotuner's fields.
-        if legacy or api.reconciler_differs(new_status, sdd.get("status")):
-            await self.kube.apply_status(sdd, new_status, manager=api.OPERATOR_MANAGER)
-            await self._status_events(sdd, new_status, old_k, cur)
+                ev = a.event(name)
+                await self.kube.event(sdd, ev.type, ev.reason, ev.message)
+                metrics.CHILD_WRITES.labels(kind=a.kind, reason=a.reason).inc()
+            # The status describes the children as applied: the cache holds the responses.
+            p = plan.plan(sdd, view, await self._observe(sdd, view, apply_error),
+                          legacy=legacy)
+        if p.k is not None:
+            metrics.CURRENT_K.labels(namespace=ns, name=name).set(p.k)
+        if p.status is not None:
+            self.cache.wrote(SDD_KIND, await self.kube.apply_status(
+                sdd, p.status, manager=api.OPERATOR_MANAGER))
+            for ev in p.events:
+                await self.kube.event(sdd, ev.type, ev.reason, ev.message)
 
     async def _migrate_status(self, sdd: dict[str, Any]) -> dict[str, Any] | None:
         """Hand the autotuner's fields of a status written under one field manager to the
@@ -207,24 +236,5 @@ class Controller:
             raise
         log.info("%s/%s: status migrated to one field manager per writer",
                  meta["namespace"], meta["name"])
+        self.cache.wrote(SDD_KIND, out)
         return out
-
-    async def _status_events(
-        self, sdd: dict[str, Any], new: dict[str, Any], old_k: Any,
-        cur: draft_tokens.CurrentK,
-    ) -> None:
-        # A change to the autotuner's target was announced by the autotuner.
-        if old_k is not None and cur.k is not None and int(old_k) != cur.k \
-                and not cur.from_target:
-            await self.kube.event(sdd, "Normal", "DraftTokensChanged",
-                                  f"K {old_k} -> {cur.k}: {cur.reason}")
-        old = {c["type"]: c for c in (sdd.get("status") or {}).get("conditions") or []}
-        for c in new["conditions"]:
-            if c["type"] != "Degraded":
-                continue
-            was = old.get("Degraded", {})
-            if c["status"] == "True" and (was.get("status") != "True"
-                                          or was.get("reason") != c["reason"]):
-                await self.kube.event(sdd, "Warning", c["reason"], c["message"])
-            elif c["status"] == "False" and was.get("status") == "True":
-                await self.kube.event(sdd, "Normal", "Recovered", "no problems observed")

@@ -1,4 +1,5 @@
-"""Thin Kubernetes I/O for the operator: reads, server-side apply, status apply, events.
+"""Thin Kubernetes I/O for the operator: server-side apply, status apply, events, and the
+few reads a reconcile does not take from the watch-fed cache (``cache.py``).
 
 Everything here is a direct API call; decisions are made by the pure modules.
 """
@@ -11,6 +12,7 @@ from typing import Any
 
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
+from lightkube.operators import exists
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Event, Node, Pod, Service
@@ -18,7 +20,8 @@ from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 
 from . import crd
-from .api import MANAGER
+from .api import LABEL_SDD, MANAGER
+from .cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +55,6 @@ class Kube:
         await self.client.close()
 
     # ---- reads ---------------------------------------------------------------------------
-    async def get_sdd(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return _to_dict(await self.client.get(SDD, name, namespace=namespace))
-        except ApiError as e:
-            if e.status.code == 404:
-                return None
-            raise
-
     async def api_answers(self) -> bool:
         """True when the API server responds at all (any status: 404 and 403 count)."""
         try:
@@ -74,17 +69,28 @@ class Kube:
         ns = namespace if namespace is not None else "*"
         return [_to_dict(o) async for o in self.client.list(SDD, namespace=ns)]
 
-    async def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return _to_dict(await self.client.get(KINDS[kind], name, namespace=namespace))
-        except ApiError as e:
-            if e.status.code == 404:
-                return None
-            raise
-
-    async def list_pods(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
-        return [_to_dict(p) async for p in self.client.list(Pod, namespace=namespace,
-                                                            labels=selector)]
+    async def snapshot(self, namespace: str | None = None) -> Cache:
+        """A synced cache from one list of each kind (for a reconcile outside Kopf, e.g. a
+        benchmark; the operator's cache is fed by Kopf's watches instead)."""
+        ns = namespace if namespace is not None else "*"
+        sdds = {(o["metadata"]["namespace"], o["metadata"]["name"]): [o]
+                for o in await self.list_sdds(namespace)}
+        children: dict[str, dict[tuple[str, str], list[dict[str, Any]]]] = {}
+        for kind, res in KINDS.items():
+            try:
+                objs = [_to_dict(o) async for o in self.client.list(res, namespace=ns)]
+            except ApiError as e:
+                if e.status.code != 404:  # 404: no PodMonitor CRD
+                    raise
+                objs = []
+            children[kind] = {(o["metadata"]["namespace"], o["metadata"]["name"]): [o]
+                              for o in objs}
+        pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        async for p in self.client.list(Pod, namespace=ns, labels={LABEL_SDD: exists()}):
+            d = _to_dict(p)
+            meta = d["metadata"]
+            pods.setdefault((meta["namespace"], meta["labels"][LABEL_SDD]), []).append(d)
+        return Cache(sdds=sdds, children=children, pods=pods, synced=True)
 
     async def nodes_offering(self, resource: str) -> int:
         """How many nodes advertise a non-zero allocatable ``resource``."""

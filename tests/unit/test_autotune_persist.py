@@ -262,7 +262,7 @@ def test_one_sdds_failing_status_write_does_not_stop_the_others() -> None:
         fake = RejectingKube()
         for n in names:
             fake.add_sdd(n, SPEC)
-        ctl = Controller(fake)  # type: ignore[arg-type]
+        ctl = Controller(fake, fake.cache())  # type: ignore[arg-type]
         for n in names:
             await ctl.reconcile_key("ns", n)
         tuner = Tuner(fake, StubPrometheus(results), namespaces=["ns"])  # type: ignore[arg-type]

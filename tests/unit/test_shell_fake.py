@@ -12,7 +12,7 @@ from specdecode_operator.autotune.loop import Tuner
 from specdecode_operator.autotune.observe import Labels
 from specdecode_operator.controller import Controller
 
-from ..fake_kube import FakeKube, api_error
+from ..fake_kube import FakeKube, api_error, pod
 
 SPEC: dict[str, Any] = {
     "model": {"name": "org/target"},
@@ -32,15 +32,15 @@ def test_triggers_during_a_reconcile_coalesce_into_exactly_one_more_pass() -> No
     async def go() -> list[tuple[str, ...]]:
         fake = FakeKube(gate=asyncio.Event())
         fake.add_sdd("m", SPEC)
-        ctl = Controller(fake)  # type: ignore[arg-type]
+        ctl = Controller(fake, fake.cache())  # type: ignore[arg-type]
         ctl.trigger("ns", "m")
-        await asyncio.sleep(0)          # the first pass is now waiting in get_sdd
+        await asyncio.sleep(0)          # the first pass is now waiting in its first apply
         for _ in range(5):
             ctl.trigger("ns", "m")
         assert fake.gate is not None
         fake.gate.set()
         await ctl.idle()
-        return [c for c in fake.calls if c[0] == "get_sdd"]
+        return [c for c in fake.calls if c[0] == "cache_sdd"]
 
     assert len(asyncio.run(go())) == 2
 
@@ -49,7 +49,7 @@ def test_a_reconcile_with_nothing_to_change_writes_nothing() -> None:
     async def go() -> FakeKube:
         fake = FakeKube()
         fake.add_sdd("m", SPEC)
-        ctl = Controller(fake)  # type: ignore[arg-type]
+        ctl = Controller(fake, fake.cache())  # type: ignore[arg-type]
         await ctl.reconcile_key("ns", "m")
         assert {c[1] for c in fake.writes() if c[0] == "apply"} == {
             "Deployment", "Service", "PodDisruptionBudget"}
@@ -59,7 +59,7 @@ def test_a_reconcile_with_nothing_to_change_writes_nothing() -> None:
 
     fake = asyncio.run(go())
     assert fake.writes() == []
-    assert ("get_sdd", "m") in fake.calls     # it did look
+    assert fake.calls == [("cache_sdd", "m")]    # it did look, in the cache only
 
 
 def _results(ns: str, name: str, k: int, rate: float) -> dict[str, list[dict[str, Any]]]:
@@ -97,7 +97,7 @@ def test_the_tuners_target_is_what_the_next_reconcile_renders() -> None:
     async def go() -> tuple[FakeKube, list[int]]:
         fake = FakeKube()
         fake.add_sdd("m", SPEC)
-        ctl = Controller(fake)  # type: ignore[arg-type]
+        ctl = Controller(fake, fake.cache())  # type: ignore[arg-type]
         await ctl.reconcile_key("ns", "m")
         assert _k(fake) == 3
         tuner = Tuner(fake, StubPrometheus(_results("ns", "m", 3, 0.9)),  # type: ignore[arg-type]
@@ -136,7 +136,7 @@ def test_the_tuner_skips_an_sdd_the_reconciler_has_not_caught_up_with() -> None:
         tuner = Tuner(fake, StubPrometheus(_results("ns", "m", 3, 0.9)),  # type: ignore[arg-type]
                       namespaces=["ns"])
         before = await tuner.cycle(now=1_000_000.0)      # never reconciled: no running K
-        ctl = Controller(fake)  # type: ignore[arg-type]
+        ctl = Controller(fake, fake.cache())  # type: ignore[arg-type]
         await ctl.reconcile_key("ns", "m")
         after = await tuner.cycle(now=1_000_001.0)
         return before.evaluated, after.evaluated
@@ -149,7 +149,7 @@ def test_a_failing_apply_is_a_degraded_condition_and_the_next_pass_recovers() ->
         fake = FakeKube(fail_apply={"Deployment": api_error(
             422, 'Deployment.apps "m" is invalid: spec.template: admission denied')})
         fake.add_sdd("m", SPEC)
-        ctl = Controller(fake)  # type: ignore[arg-type]
+        ctl = Controller(fake, fake.cache())  # type: ignore[arg-type]
         await ctl.reconcile_key("ns", "m")            # must not raise
         failed = fake.status_of("m")
         fake.fail_apply.clear()
@@ -166,3 +166,72 @@ def test_a_failing_apply_is_a_degraded_condition_and_the_next_pass_recovers() ->
     assert now["status"] == "False"
     reasons = [e[2] for e in fake.events]
     assert "ApplyFailed" in reasons and reasons[-1] == "Recovered"
+
+
+def test_the_next_pass_reads_its_own_writes_while_the_watch_lags() -> None:
+    async def go() -> FakeKube:
+        fake = FakeKube()
+        fake.add_sdd("m", SPEC)
+        ctl = Controller(fake, fake.cache())  # type: ignore[arg-type]
+        fake.hold_watch()                      # nothing the operator writes is delivered
+        await ctl.reconcile_key("ns", "m")
+        assert {c[0] for c in fake.writes()} == {"apply", "apply_status", "event"}
+        fake.calls.clear()
+        await ctl.reconcile_key("ns", "m")     # e.g. a pod event before the watch caught up
+        assert fake.writes() == []
+        fake.deliver()
+        await ctl.reconcile_key("ns", "m")
+        return fake
+
+    assert asyncio.run(go()).writes() == []
+
+
+def test_triggers_before_the_cache_has_synced_wait_for_it() -> None:
+    async def go() -> tuple[list[tuple[str, ...]], FakeKube]:
+        fake = FakeKube()
+        fake.add_sdd("m", SPEC)
+        ctl = Controller(fake, fake.cache(synced=False))  # type: ignore[arg-type]
+        ctl.trigger("ns", "m")                 # e.g. the resync of a freshly elected leader
+        await ctl.idle()
+        before = list(fake.calls)
+        ctl.cache_synced()
+        await ctl.idle()
+        return before, fake
+
+    before, fake = asyncio.run(go())
+    assert before == []
+    assert ("Deployment", "ns", "m") in fake.children
+
+
+def test_unschedulable_pods_ask_for_the_nodes_once_per_discovery_ttl() -> None:
+    async def go() -> tuple[FakeKube, dict[str, Any]]:
+        fake = FakeKube(gpu_nodes=0)
+        fake.add_sdd("m", SPEC)
+        fake.pods.append(pod("m-1", "m", unschedulable=True))
+        ctl = Controller(fake, fake.cache())  # type: ignore[arg-type]
+        for _ in range(3):
+            await ctl.reconcile_key("ns", "m")
+        return fake, fake.status_of("m")
+
+    fake, status = asyncio.run(go())
+    assert [c for c in fake.calls if c[0] == "nodes_offering"] == [
+        ("nodes_offering", "nvidia.com/gpu")]
+    degraded = {c["type"]: c for c in status["conditions"]}["Degraded"]
+    assert degraded["reason"] == "NoGPUNodes"
+
+
+def test_a_resync_burst_asks_for_the_pod_monitor_crd_once() -> None:
+    async def go() -> FakeKube:
+        fake = FakeKube()
+        for i in range(20):
+            fake.add_sdd(f"m{i}", SPEC)
+        ctl = Controller(fake, fake.cache(), max_concurrent=8)  # type: ignore[arg-type]
+        for i in range(20):
+            ctl.trigger("ns", f"m{i}")
+        await ctl.idle()
+        return fake
+
+    fake = asyncio.run(go())
+    assert [c for c in fake.calls if c[0] == "pod_monitor_available"] == [
+        ("pod_monitor_available",)]
+    assert sum(1 for c in fake.calls if c == ("apply", "Deployment")) == 20
