@@ -5,10 +5,11 @@ predicts for the running K (``status.autotune.costModel.predictedTokensPerSecond
 Real vLLM (CPU) serves the tiny target with the noisy drafter at K=3 in Recommend mode (K never
 changes, so every window is at one K). Closed-loop clients hold the concurrency at 1, then 4,
 then 2 requests: the windows trace the step time against tokens per step, the tuner fits its
-roofline to them, and the last level is between two levels it has seen. The measured tokens/s
-is PromQL over the pod's own counter (``vllm:generation_tokens_total``), at the time the
-decision was taken, over the decision's window. The H200 table's prediction for the same K
-and load is printed beside it: a CPU is nothing like an H200.
+roofline to them, and the last level is between two levels it has seen. The comparison is
+made once per level, on the first decision whose whole window lies inside the level. The
+measured tokens/s is PromQL over the pod's own counter (``vllm:generation_tokens_total``), at
+the time the decision was taken, over the decision's window. The H200 table's prediction for
+the same K and load is printed beside it: a CPU is nothing like an H200.
 """
 
 from __future__ import annotations
@@ -137,13 +138,13 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
     apply(plane, sdd_doc(name, ns, spec))
     pod, state = wait_ready_pod(plane, rv_runner, ns, name, K)
     port = state["port"]
-    seen = assert_prometheus_has_real_series(prometheus, ns, name, pod["metadata"]["name"], K)
-    # Every window read below begins after the series' first sample (no increase() over
-    # the series' start, which extrapolates a whole gap).
-    time.sleep(max(0.0, seen + WINDOW + 1 - time.time()))
+    # Every window compared below begins after the series' first sample (SETTLE after the
+    # load starts), so no increase() there extrapolates over the series' start.
+    assert_prometheus_has_real_series(prometheus, ns, name, pod["metadata"]["name"], K)
 
     load = ClosedLoop(port, SERVED)
     samples: list[Sample] = []
+    seen_decisions: dict[str, tuple[str, str]] = {}   # time -> (costModel source, note)
     started = time.monotonic()
     try:
         for clients in PHASES:
@@ -153,8 +154,13 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
             def clean_decision(begun: float = begun) -> dict[str, Any] | None:
                 # A decision whose whole window lies inside this load level.
                 sdd = get_json(plane, "sdd", name, "-n", ns)
-                last = ((sdd.get("status") or {}).get("autotune") or {}).get("lastDecision")
-                if last and epoch(last["time"]) - WINDOW >= begun + SETTLE:
+                at = (sdd.get("status") or {}).get("autotune") or {}
+                last = at.get("lastDecision")
+                if not last:
+                    return None
+                seen_decisions[last["time"]] = (at["costModel"]["source"],
+                                                at["costModel"]["note"])
+                if epoch(last["time"]) - WINDOW >= begun + SETTLE:
                     return sdd
                 return None
 
@@ -165,16 +171,32 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
     finally:
         load.stop()
     assert not load.errors, load.errors[:5]
-    print(f"{len(samples)} load levels in {time.monotonic() - started:.0f}s; cost model: "
-          f"{samples[-1].reason}; params {samples[-1].cost.get('params')}; quality "
-          f"{samples[-1].cost.get('quality')}")
+    # Windows of evidence before the first Calibrated decision (decisions are polled, so a
+    # short one may be missed: a lower bound on the count, not the exact one).
+    ordered = [seen_decisions[t] for t in sorted(seen_decisions)]
+    first = next((i for i, (src, _) in enumerate(ordered) if src == "Calibrated"), None)
+    used = sum(1 for _, note in ordered[:first] if note == "window used")
+    print(f"{len(samples)} load levels in {time.monotonic() - started:.0f}s; Calibrated "
+          f"after {used} windows of evidence seen; cost model: {samples[-1].reason}; params "
+          f"{samples[-1].cost.get('params')}; quality {samples[-1].cost.get('quality')}")
 
     # Recommend mode: the one K all along (every window is evidence at K=3).
     assert deployed_k(plane, ns, name) == K
     last = samples[-1]
     # Calibrated: fitted to this deployment's latency series, not the H200 table.
     assert last.source == "Calibrated", last.line() + "\n" + last.reason
-    assert abs(last.error) <= TOLERANCE, "\n".join(s.line() for s in samples)
-    # The table describes an H200: on this CPU it is off by far more than the calibrated
-    # model (printed above; asserted only as "larger", which holds by orders of magnitude).
-    assert abs(last.prior_error) > abs(last.error), last.line()
+    # Fitted across the load levels: the last level's verify width lies inside the range
+    # the fit has seen (interpolation, not the prior's shape carried out of range).
+    q = last.cost["quality"]
+    n_last = last.batch * (K + 1)
+    assert q["ks"] == [K] and q["points"] >= 3, q
+    assert q["nLo"] < n_last < q["nHi"], (q, n_last)
+    # Every level: the first is fitted from its own windows, the second needs the fit to
+    # follow the load past what it had seen (refit on a window at a new load), the last is
+    # between the two.
+    for s in samples:
+        assert s.source == "Calibrated", s.line() + "\n" + s.reason
+        assert abs(s.error) <= TOLERANCE, "\n".join(x.line() for x in samples)
+        # The table describes an H200: on this CPU it is off by far more than the
+        # calibrated model (printed above; asserted only as "larger": seen +450..+960 %).
+        assert abs(s.prior_error) > abs(s.error), s.line()
