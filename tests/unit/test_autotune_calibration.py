@@ -279,3 +279,23 @@ def test_idle_time_does_not_spread_the_batch_the_latency_sees() -> None:
                                    window_seconds=600)
     assert p is not None, why
     assert p.b == 4.0 and p.n == 16.0
+
+
+def test_the_refit_follows_the_regime_clock() -> None:
+    # regimeSeconds compresses the tuner's clock (demos, the real-vLLM tier): the fit then
+    # follows new evidence at the same load within regimeSeconds / 6, not 30 minutes.
+    def after(s: Settings) -> tuple[float | None, float | None]:
+        st, t = State(), NOW
+        for _ in range(5):
+            st = decide(s, st, window(3, 2, t_ms=synthetic_ms(2, 3)), now=t).state
+            t += 5
+        assert st.cost is not None and st.cost.source == "fitted"
+        before = st.cost.time
+        st = decide(s, st, window(3, 2, t_ms=1.5 * synthetic_ms(2, 3)), now=t + 10).state
+        assert st.cost is not None
+        return before, st.cost.time
+
+    fitted, refit = after(Settings(mode="Recommend", regime_seconds=60))
+    assert refit == NOW + 4 * 5 + 5 + 10 != fitted
+    fitted, refit = after(Settings(mode="Recommend"))          # 3 h: every 30 min
+    assert refit == fitted

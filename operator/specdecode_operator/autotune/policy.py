@@ -33,6 +33,7 @@ from .verification import Outcome, Rejected, Verification, realized_gain, summar
 DAY = 86_400.0
 OFF = 0  # draft length 0: speculative decoding off
 REFIT_SECONDS = 1800.0       # refit the cost model at most this often (and on a new K)
+REFITS_PER_REGIME = 6        # ... or this often per regimeSeconds (compressed-time settings)
 MAX_LIFE_SECONDS = 12 * 3600.0
 LONG_FACTOR = 4.0            # the day-scale load history: recurring spikes stay in view
 PROBE_MIN_WINDOWS = 6.0      # windows of step-time evidence before a probe
@@ -418,7 +419,7 @@ def _calibrate(s: Settings, state: State, window: Window, now: float) -> State:
     # Refit while still on the prior too: the third window must not wait half an hour; nor
     # does a window at a new K or a new load (the fit extrapolated there).
     if cost is None or new_bin or cost.time is None or cost.source != "fitted" or \
-            now - cost.time >= REFIT_SECONDS:
+            now - cost.time >= min(REFIT_SECONDS, s.regime_seconds / REFITS_PER_REGIME):
         cost = calibration.fit(points, now=now, previous=cost)
     note = "window used" if point is not None else f"window not used: {why}"
     return replace(state, points=points, cost=cost, cost_note=note)
