@@ -193,8 +193,8 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
     assert q["nLo"] < n_last < q["nHi"], (q, n_last)
     # The last level, between two the fit has seen (the claim: after calibration).
     # The earlier levels are printed, not asserted: on 2 cores shared with other jobs the
-    # step time at one load drifts with their load (seen: up to 12 % off at 4 requests).
+    # step time at one load drifts with their load (seen: a third slower within a minute).
     assert abs(last.error) <= TOLERANCE, "\n".join(x.line() for x in samples)
     # The table describes an H200: on this CPU it is off by more than the calibrated model
-    # (printed above; asserted only as "larger": seen -33 .. -46 %).
+    # (printed above; asserted only as "larger": seen -23 .. -58 %).
     assert abs(last.prior_error) > abs(last.error), last.line()
