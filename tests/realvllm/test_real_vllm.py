@@ -54,6 +54,12 @@ def sdd_spec(models: TinyModels, policy: str) -> dict[str, Any]:
         # The lean CPU settings (docs/real-vllm.md); the shim adds the environment.
         "engineArgs": ["--enforce-eager", "--kv-cache-memory-bytes=67108864",
                        "--dtype=bfloat16"],
+        # One unbound OpenMP thread. vLLM's CPU default pins one thread per core and meets at
+        # a barrier every op: on 2 cores shared with other jobs each step waits for whichever
+        # core is busy elsewhere. Measured (test_cost_calibration_real): 120-280 ms per step
+        # at 1-4 requests, jumping with the other jobs; with this, 11-15 ms rising with load.
+        "env": [{"name": "OMP_NUM_THREADS", "value": "1"},
+                {"name": "VLLM_CPU_OMP_THREADS_BIND", "value": "nobind"}],
         "autotune": {"mode": "Auto", "policy": policy, "intervalSeconds": 5,
                      "windowSeconds": 30, "cooldownSeconds": 3600,
                      "evidence": {"minDrafts": 500, "minRequests": 16}},

@@ -139,3 +139,55 @@ class Traffic:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=180)
+
+
+@dataclass
+class ClosedLoop:
+    """``clients`` closed-loop clients, each sending one completion after another (no
+    pause): the server runs about ``clients`` requests at once. ``set_clients`` changes the
+    concurrency on the fly (a client above the new count stops after its request)."""
+
+    port: int
+    model: str
+    clients: int = 0
+    completions: int = 0
+    errors: list[str] = field(default_factory=list)
+    _threads: dict[int, threading.Thread] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def set_clients(self, n: int) -> None:
+        with self._lock:
+            self.clients = n
+            for i in range(n):
+                # A client told to stop may still finish its request: it then sees i < n
+                # again and carries on, so client i is never started twice.
+                if i not in self._threads:
+                    self._threads[i] = threading.Thread(target=self._run, args=(i,),
+                                                        daemon=True)
+                    self._threads[i].start()
+
+    def _run(self, i: int) -> None:
+        prompt = PROMPTS[i % len(PROMPTS)]
+        while True:
+            with self._lock:  # leaves the registry under the lock set_clients holds
+                if self._stop.is_set() or i >= self.clients:
+                    self._threads.pop(i, None)
+                    return
+            try:
+                r = complete(self.port, self.model, prompt)
+                if r["usage"]["completion_tokens"] != MAX_TOKENS:
+                    self.errors.append(f"short completion: {r['usage']}")
+                with self._lock:
+                    self.completions += 1
+            except Exception as e:  # recorded and asserted on by the test
+                self.errors.append(f"{type(e).__name__}: {e}")
+                time.sleep(1)
+
+    def stop(self) -> None:
+        """Returns after the requests in flight have finished."""
+        self._stop.set()
+        with self._lock:
+            threads = list(self._threads.values())
+        for t in threads:
+            t.join(timeout=180)

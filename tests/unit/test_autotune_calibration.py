@@ -246,3 +246,56 @@ def test_with_the_prior_as_exact_a_slower_machine_is_no_reason_to_roll_back() ->
         assert not d.rollback, d.reason
         t += 300
     assert state.verify is None and state.outcomes[-1].verdict == "kept"
+
+
+def test_a_window_at_a_new_load_is_fitted_at_once() -> None:
+    # Compressed time (and any deployment whose load moves): the fit must not extrapolate the
+    # prior's shape for half an hour once a window has measured the new load.
+    s = Settings(mode="Recommend")
+    st, t = State(), NOW
+    for _ in range(5):
+        st = decide(s, st, window(3, 2, t_ms=synthetic_ms(2, 3)), now=t).state
+        t += 300
+    assert st.cost is not None and st.cost.source == "fitted"
+    fitted_at = st.cost.time
+    # From B = 2 alone the H200 shape, scaled, is far off this world at B = 32 (past its knee).
+    assert abs(st.cost.step_ms(32, 3) / synthetic_ms(32, 3) - 1) > 0.3
+    st = decide(s, st, window(3, 32, t_ms=synthetic_ms(32, 3)), now=t).state
+    assert st.cost is not None and st.cost.time == t and st.cost.quality.n_hi == 32 * 4
+    assert abs(st.cost.step_ms(32, 3) / synthetic_ms(32, 3) - 1) < 0.02
+    # Another window at a load already seen waits for the regular refit.
+    refit_at = st.cost.time
+    st = decide(s, st, window(3, 2, t_ms=synthetic_ms(2, 3)), now=t + 300).state
+    assert st.cost is not None and st.cost.time == refit_at != fitted_at
+
+
+def test_idle_time_does_not_spread_the_batch_the_latency_sees() -> None:
+    # 40 % of the scrapes idle, 4 requests otherwise: the ITL histogram only has steps at
+    # B = 4, so T is seen at B = 4, not at E[B^2]/E[B] of the idle-inclusive series (6.7).
+    w = replace(window(3, 4), load=((0.0, 1.0), (0.0, 1.0), (4.0, 1.0), (4.0, 1.0),
+                                    (4.0, 1.0)))
+    assert w.step_sample().load_cv2 == 0.0
+    p, why = cal.point_from_sample(w.step_sample(), now=NOW, last_change=None,
+                                   window_seconds=600)
+    assert p is not None, why
+    assert p.b == 4.0 and p.n == 16.0
+
+
+def test_the_refit_follows_the_regime_clock() -> None:
+    # regimeSeconds compresses the tuner's clock (demos, the real-vLLM tier): the fit then
+    # follows new evidence at the same load within regimeSeconds / 6, not 30 minutes.
+    def after(s: Settings) -> tuple[float | None, float | None]:
+        st, t = State(), NOW
+        for _ in range(5):
+            st = decide(s, st, window(3, 2, t_ms=synthetic_ms(2, 3)), now=t).state
+            t += 5
+        assert st.cost is not None and st.cost.source == "fitted"
+        before = st.cost.time
+        st = decide(s, st, window(3, 2, t_ms=1.5 * synthetic_ms(2, 3)), now=t + 10).state
+        assert st.cost is not None
+        return before, st.cost.time
+
+    fitted, refit = after(Settings(mode="Recommend", regime_seconds=60))
+    assert refit == NOW + 4 * 5 + 5 + 10 != fitted
+    fitted, refit = after(Settings(mode="Recommend"))          # 3 h: every 30 min
+    assert refit == fitted

@@ -272,3 +272,17 @@ def test_one_sdds_failing_status_write_does_not_stop_the_others() -> None:
     assert report.failed == 1 and report.evaluated == 1 and report.written == 1
     assert "autotune" in fake.status_of("good")
     assert "autotune" not in fake.status_of("bad")
+
+
+def test_predicted_tokens_per_second_counts_idle_time_as_idle() -> None:
+    # Two of five load quantiles of each pod idle: those 40 % of the window generate nothing,
+    # so the prediction is 3/5 of the all-busy one (at the same step time).
+    st, now = _fitted()
+    busy = win(3)
+    idle = replace(busy, load=tuple((0.0 if i % 5 < 2 else 8.0, 1.0) for i in range(10)))
+    at = {"autotune": state_to_status(st)}
+    p_busy = evaluate(SETTINGS, at, 3, busy, now=now).fields["autotune"]["costModel"]
+    p_idle = evaluate(SETTINGS, at, 3, idle, now=now).fields["autotune"]["costModel"]
+    assert p_idle["predictedStepMs"] == p_busy["predictedStepMs"]
+    assert math.isclose(p_idle["predictedTokensPerSecond"],
+                        0.6 * p_busy["predictedTokensPerSecond"], rel_tol=1e-3)

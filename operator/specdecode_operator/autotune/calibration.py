@@ -306,6 +306,12 @@ def _bin(p: CalPoint) -> tuple[int, int]:
     return p.k, round(2 * math.log2(max(p.n, 1.0)))
 
 
+def opens_bin(points: Sequence[CalPoint], p: CalPoint) -> bool:
+    """Whether ``p`` is evidence where the points have none: a new K or a new half-octave of
+    verify width (the fit so far extrapolated there; refit now, not in half an hour)."""
+    return all(_bin(q) != _bin(p) for q in points)
+
+
 def add_point(points: Sequence[CalPoint], p: CalPoint) -> tuple[CalPoint, ...]:
     """Merge a point into its (K, half-octave of N) bin; bounded, old evidence fades."""
     out: list[CalPoint] = []

@@ -35,6 +35,7 @@ from .verification import Outcome, Rejected, Verification, realized_gain, summar
 DAY = 86_400.0
 OFF = 0  # draft length 0: speculative decoding off
 REFIT_SECONDS = 1800.0       # refit the cost model at most this often (and on a new K)
+REFITS_PER_REGIME = 6        # ... or this often per regimeSeconds (compressed-time settings)
 MAX_LIFE_SECONDS = 12 * 3600.0
 LONG_FACTOR = 4.0            # the day-scale load history: recurring spikes stay in view
 PROBE_MIN_WINDOWS = 6.0      # windows of step-time evidence before a probe
@@ -156,7 +157,9 @@ class Window:
         return self.generation_tokens / self.seconds if self.seconds > 0 else 0.0
 
     def step_sample(self) -> StepSample:
-        vals = [b for b, _ in self.load]
+        # The spread of B over busy time only: idle samples (B = 0) have no engine steps and
+        # no latency observations, so they do not shift where the ITL mean sees T.
+        vals = [b for b, _ in self.load if b > 0]
         mean = sum(vals) / len(vals) if vals else 0.0
         cv2 = (sum((v - mean) ** 2 for v in vals) / len(vals)) / mean ** 2 if mean > 0 else 0.0
         return StepSample(k=self.k, itl_sum=self.itl_sum, itl_count=self.itl_count,
@@ -495,14 +498,15 @@ def _calibrate(s: Settings, state: State, window: Window, now: float) -> State:
         window.step_sample(), now=now, last_change=state.last_change,
         window_seconds=s.window_seconds)
     points = state.points
-    new_k = False
+    new_bin = False
     if point is not None:
-        new_k = all(p.k != point.k for p in points)
+        new_bin = calibration.opens_bin(points, point)
         points = calibration.add_point(points, point)
     cost = state.cost
-    # Refit while still on the prior too: the third window must not wait half an hour.
-    if cost is None or new_k or cost.time is None or cost.source != "fitted" or \
-            now - cost.time >= REFIT_SECONDS:
+    # Refit while still on the prior too: the third window must not wait half an hour; nor
+    # does a window at a new K or a new load (the fit extrapolated there).
+    if cost is None or new_bin or cost.time is None or cost.source != "fitted" or \
+            now - cost.time >= min(REFIT_SECONDS, s.regime_seconds / REFITS_PER_REGIME):
         cost = calibration.fit(points, now=now, previous=cost)
     note = "window used" if point is not None else f"window not used: {why}"
     return replace(state, points=points, cost=cost, cost_note=note)

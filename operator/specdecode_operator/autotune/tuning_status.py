@@ -289,13 +289,15 @@ def cost_model_status(settings: Settings, state: State, d: Decision,
         b, prefill = (sum(vals) / len(vals) if vals else 1.0), 0.0
         out["atBatch"] = _r(b, 4)
     out["predictedStepMs"] = _r(model.step_ms(b, k, prefill), 4)
-    # Tokens/s of all pods: per-replica goodput E_B[B L / T(B, k)] over the window's load
-    # (with its prefill per step), times the pods (one load sample per pod and quantile).
+    # Tokens/s of all pods: per-replica E_B[B L / T(B, k)] over the window's load (with its
+    # prefill per step), times the pods (one load sample per pod and quantile). Idle time
+    # (B = 0) generates nothing: B counts as it is, only T is priced at one request or more.
     length = (window.mean_acceptance_length or 1.0) if k != OFF else 1.0
     pods = max(1, round(len(window.load) / len(LOAD_QUANTILES)))
     tw = sum(w for _, w in window.load)
     if tw > 0:
-        per_replica = sum(w * max(1.0, bb) * length / (model.step_ms(bb, k, prefill) / 1000)
+        per_replica = sum(w * max(0.0, bb) * length
+                          / (model.step_ms(max(1.0, bb), k, prefill) / 1000)
                           for bb, w in window.load) / tw
         out["predictedTokensPerSecond"] = _r(per_replica * pods, 4)
     if isinstance(model, CostModel) and model.time is not None:

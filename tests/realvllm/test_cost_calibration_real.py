@@ -1,0 +1,200 @@
+"""The calibrated step-cost model on real vLLM: after calibration, the tokens/s the tuner
+predicts for the running K (``status.autotune.costModel.predictedTokensPerSecond``) is within
+15 % of the tokens/s Prometheus measures over the same window (issue 10, item 6).
+
+Real vLLM (CPU) serves the tiny target with the noisy drafter at K=3 in Recommend mode (K never
+changes, so every window is at one K). Closed-loop clients hold the concurrency at 1, then 4,
+then 2 requests: the windows trace the step time against tokens per step, the tuner fits its
+roofline to them, and the last level is between two levels it has seen. The comparison is
+made once per level, on the first decision whose whole window lies inside the level. The
+measured tokens/s is PromQL over the pod's own counter (``vllm:generation_tokens_total``), at
+the time the decision was taken, over the decision's window. The H200 table's prediction for
+the same K and load is printed beside it: a CPU is nothing like an H200.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from specdecode_operator.autotune.step_cost import default_profile
+from specdecode_runtime.localplane import LocalPlane
+from specdecode_runtime.operator_process import OperatorProcess
+from specdecode_runtime.podrunner import PodRunnerProcess
+from specdecode_runtime.prometheus import PrometheusServer
+
+from ..kube_helpers import apply, get_json, sdd_doc, wait_for
+from .conftest import TinyModels
+from .test_real_vllm import (
+    SERVED,
+    assert_prometheus_has_real_series,
+    deployed_k,
+    sdd_spec,
+    wait_ready_pod,
+)
+from .vllm_client import ClosedLoop
+
+pytestmark = pytest.mark.plane
+
+K = 3
+WINDOW = 30                  # autotune.windowSeconds (the schema's minimum)
+PHASES = (1, 4, 2)           # concurrent requests per load level
+# A window counts for a level once it starts this long after the level began: a client told
+# to stop finishes its request first (64 tokens, ~1-3 s on the CPU here), and a scrape at 1 s
+# may lag by one interval.
+SETTLE = 6.0
+TOLERANCE = 0.15             # the issue's bound on |predicted / measured - 1|
+
+
+def at_time(prometheus: PrometheusServer, promql: str, t: float) -> float:
+    """One scalar of an instant query evaluated at ``t`` (the sum over the pod's series)."""
+    url = f"{prometheus.url}/api/v1/query?" + urllib.parse.urlencode(
+        {"query": promql, "time": f"{t:.3f}"})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        body = json.load(r)
+    assert body.get("status") == "success", body
+    res = body["data"]["result"]
+    assert len(res) == 1, (promql, res)
+    return float(res[0]["value"][1])
+
+
+@dataclass(frozen=True)
+class Sample:
+    clients: int
+    time: float
+    source: str
+    reason: str
+    predicted: float         # the tuner's tokens/s for the running K
+    measured: float          # PromQL: generated tokens over the window / its length
+    prior: float             # the H200 table's tokens/s at the same K and load
+    batch: float             # PromQL: running requests per engine step
+    length: float            # PromQL: tokens per request-step (1 + accepted / drafts)
+    step_ms: float           # PromQL: mean inter-token latency (= step time)
+    cost: dict[str, Any]
+
+    @property
+    def error(self) -> float:
+        return self.predicted / self.measured - 1
+
+    @property
+    def prior_error(self) -> float:
+        return self.prior / self.measured - 1
+
+    def line(self) -> str:
+        return (f"c={self.clients} {self.source:10s} predicted {self.predicted:7.1f} "
+                f"measured {self.measured:7.1f} tok/s ({self.error:+.1%}); H200 prior "
+                f"{self.prior:8.1f} ({self.prior_error:+.0%}); B {self.batch:.2f} L "
+                f"{self.length:.2f} step {self.step_ms:.1f} ms (tuner: at B "
+                f"{self.cost.get('atBatch')}, measured {self.cost.get('measuredStepMs')} ms, "
+                f"predicted {self.cost.get('predictedStepMs')} ms)")
+
+
+def epoch(s: str) -> float:
+    return dt.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def measure(prometheus: PrometheusServer, ns: str, name: str, clients: int,
+            sdd: dict[str, Any]) -> Sample:
+    """The decision's prediction next to what Prometheus measured over the decision's
+    window (the operator queried ``windowSeconds`` back from the decision's time)."""
+    at = sdd["status"]["autotune"]
+    t = epoch(at["lastDecision"]["time"])
+    sel = f'namespace="{ns}",sdd="{name}",draft_tokens="{K}"'
+
+    def inc(metric: str) -> float:
+        return at_time(prometheus, f"sum(increase({metric}{{{sel}}}[{WINDOW}s]))", t)
+
+    measured = inc("vllm:generation_tokens_total") / WINDOW
+    batch = inc("vllm:inter_token_latency_seconds_count") / \
+        inc("vllm:iteration_tokens_total_count")
+    step_ms = 1000 * inc("vllm:inter_token_latency_seconds_sum") / \
+        inc("vllm:inter_token_latency_seconds_count")
+    length = 1 + inc("vllm:spec_decode_num_accepted_tokens_total") / \
+        inc("vllm:spec_decode_num_drafts_total")
+    # The shipped table taken as exact: each running request emits L tokens per step of
+    # T_H200(B, K).
+    prior = batch * length / (default_profile().step_ms(batch, K) / 1000)
+    cost = at["costModel"]
+    return Sample(clients, t, cost["source"], cost["reason"],
+                  float(cost["predictedTokensPerSecond"]), measured, prior, batch, length,
+                  step_ms, cost)
+
+
+def test_calibrated_prediction_matches_real_tokens_per_second(
+    rv_operator: OperatorProcess, rv_runner: PodRunnerProcess, rvplane: LocalPlane,
+    rvns: str, prometheus: PrometheusServer, tiny_models: TinyModels,
+) -> None:
+    plane, ns, name = rvplane, rvns, "cal"
+    spec = sdd_spec(tiny_models, "goodput")
+    spec["autotune"].update({"mode": "Recommend", "regimeSeconds": 60,
+                             "costModel": "Calibrated"})
+    apply(plane, sdd_doc(name, ns, spec))
+    pod, state = wait_ready_pod(plane, rv_runner, ns, name, K)
+    port = state["port"]
+    # Every window compared below begins after the series' first sample (SETTLE after the
+    # load starts), so no increase() there extrapolates over the series' start.
+    assert_prometheus_has_real_series(prometheus, ns, name, pod["metadata"]["name"], K)
+
+    load = ClosedLoop(port, SERVED)
+    samples: list[Sample] = []
+    seen_decisions: dict[str, tuple[str, str]] = {}   # time -> (costModel source, note)
+    started = time.monotonic()
+    try:
+        for clients in PHASES:
+            load.set_clients(clients)
+            begun = time.time()
+
+            def clean_decision(begun: float = begun) -> dict[str, Any] | None:
+                # A decision whose whole window lies inside this load level.
+                sdd = get_json(plane, "sdd", name, "-n", ns)
+                at = (sdd.get("status") or {}).get("autotune") or {}
+                last = at.get("lastDecision")
+                if not last:
+                    return None
+                seen_decisions[last["time"]] = (at["costModel"]["source"],
+                                                at["costModel"]["note"])
+                if epoch(last["time"]) - WINDOW >= begun + SETTLE:
+                    return sdd
+                return None
+
+            sdd = wait_for(f"a decision on a whole window at {clients} clients",
+                           clean_decision, timeout=WINDOW + SETTLE + 60)
+            samples.append(measure(prometheus, ns, name, clients, sdd))
+            print(samples[-1].line(), flush=True)
+    finally:
+        load.stop()
+    assert not load.errors, load.errors[:5]
+    # Windows of evidence before the first Calibrated decision (decisions are polled, so a
+    # short one may be missed: a lower bound on the count, not the exact one).
+    ordered = [seen_decisions[t] for t in sorted(seen_decisions)]
+    first = next((i for i, (src, _) in enumerate(ordered) if src == "Calibrated"), None)
+    used = sum(1 for _, note in ordered[:first] if note == "window used")
+    print(f"{len(samples)} load levels in {time.monotonic() - started:.0f}s; Calibrated "
+          f"after {used} windows of evidence seen; cost model: {samples[-1].reason}; params "
+          f"{samples[-1].cost.get('params')}; quality {samples[-1].cost.get('quality')}")
+
+    # Recommend mode: the one K all along (every window is evidence at K=3).
+    assert deployed_k(plane, ns, name) == K
+    last = samples[-1]
+    # Calibrated: fitted to this deployment's latency series, not the H200 table.
+    assert last.source == "Calibrated", last.line() + "\n" + last.reason
+    # Fitted across the load levels: the last level's verify width lies inside the range
+    # the fit has seen (interpolation, not the prior's shape carried out of range).
+    q = last.cost["quality"]
+    n_last = last.batch * (K + 1)
+    assert q["ks"] == [K] and q["points"] >= 3, q
+    assert q["nLo"] < n_last < q["nHi"], (q, n_last)
+    # The last level, between two the fit has seen (the issue's claim: after calibration).
+    # The earlier levels are printed, not asserted: on 2 cores shared with other jobs the
+    # step time at one load drifts with their load (seen: a third slower within a minute).
+    assert abs(last.error) <= TOLERANCE, "\n".join(x.line() for x in samples)
+    # The table describes an H200: on this CPU it is off by more than the calibrated model
+    # (printed above; asserted only as "larger": seen -23 .. -58 %).
+    assert abs(last.prior_error) > abs(last.error), last.line()
