@@ -349,7 +349,7 @@ def fit(points: Sequence[CalPoint], *, now: float,
 
     pts = [p for p in points if p.w > 1e-3 and p.t_ms > 0 and math.isfinite(p.t_ms)]
     windows = sum(p.w for p in pts)
-    if windows < MIN_WINDOWS:
+    if windows < MIN_WINDOWS - 1e-3:  # decayed weights: three windows are 2.9999
         return replace(base, reason=f"{windows:.0f} windows of step-time evidence, "
                        f"{MIN_WINDOWS} needed", quality=_quality(pts, 0.0), time=now)
     # Scale: the prior's shape brought to this hardware's level (geometric mean ratio).
