@@ -27,7 +27,7 @@ SHM_SIZE = "16Gi"
 
 
 def speculative_config(spec: dict[str, Any], k: int) -> dict[str, Any]:
-    """vLLM's --speculative-config for this spec at draft length ``k`` (docs/vllm-facts.md)."""
+    """vLLM's --speculative-config for this spec at draft length ``k`` (docs/vllm-reference.md)."""
     d = spec["drafter"]
     cfg: dict[str, Any] = {"method": d["method"]}
     if "model" in d:

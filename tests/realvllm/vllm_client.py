@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-# The request set of the reference captures (docs/vllm-facts.md#reference-captures): 4
+# The request set of the reference captures (docs/vllm-reference.md#reference-captures): 4
 # sequential then 4 concurrent completions, 64 tokens each, greedy, ignore_eos. At temperature
 # 0 every repetition of the set gives the same tokens and the same spec-decode counts.
 PROMPTS = (

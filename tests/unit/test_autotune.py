@@ -80,7 +80,7 @@ def test_cost_profile_matches_measured_rows_and_interpolates_between() -> None:
 
 
 def test_goodput_argmax_reproduces_the_published_h200_table() -> None:
-    """docs/speculation-math.md: best k and speedup for i.i.d. acceptance at context 1024."""
+    """docs/draft-length-math.md: best k and speedup for i.i.d. acceptance at context 1024."""
     c = default_profile()
     table = {(1, 0.5): (3, 1.45), (1, 0.7): (5, 2.13), (16, 0.7): (5, 1.93),
              (32, 0.8): (5, 1.95), (64, 0.5): (0, 1.0), (128, 0.9): (5, 1.29)}

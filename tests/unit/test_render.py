@@ -31,7 +31,7 @@ def sdd(spec: dict[str, Any], name: str = "m") -> dict[str, Any]:
 
 BASE = {"model": {"name": "org/target"}}
 
-# (drafter block, K) -> the exact --speculative-config vLLM expects (docs/vllm-facts.md).
+# (drafter block, K) -> the exact --speculative-config vLLM expects (docs/vllm-reference.md).
 CASES = [
     ({"method": "mtp", "model": "google/gemma-4-31B-it-assistant"}, 4,
      '{"method":"mtp","model":"google/gemma-4-31B-it-assistant","num_speculative_tokens":4}'),

@@ -3,7 +3,7 @@
 S_i = P(the first i draft tokens are all accepted) = accepted_per_pos[i-1] / drafts, exact
 for chained drafters at a fixed K; L(k) = 1 + S_1 + ... + S_k for every k <= K. Nothing is
 observed past K: there the last conditional acceptance S_K / S_(K-1) is held, damped, and
-trusted less (docs/speculation-math.md).
+trusted less (docs/draft-length-math.md).
 """
 
 from __future__ import annotations
