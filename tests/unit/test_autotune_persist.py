@@ -13,7 +13,6 @@ from typing import Any
 from specdecode_operator import api
 from specdecode_operator.autotune.calibration import MAX_RMS
 from specdecode_operator.autotune.loop import Tuner
-from specdecode_operator.autotune.observe import Labels
 from specdecode_operator.autotune.policy import Settings, State, Window, decide
 from specdecode_operator.autotune.tuning_status import (
     evaluate,
@@ -25,6 +24,7 @@ from specdecode_operator.autotune.verification import Outcome, Rejected, Verific
 from specdecode_operator.controller import Controller
 
 from ..fake_kube import FakeKube, api_error
+from ..fake_prometheus import StubPrometheus
 
 T0 = 1_800_000_000
 SETTINGS = Settings(cooldown_seconds=0, verify_after_seconds=1200, regime_seconds=3600)
@@ -232,17 +232,6 @@ class RejectingKube(FakeKube):
             raise api_error(422, "status.autotune: Too many: must have at most 48 items")
         return await super().apply_status(sdd, status, manager=manager,
                                           resource_version=resource_version)
-
-
-class StubPrometheus:
-    url = "http://prometheus.invalid"
-
-    def __init__(self, results: dict[str, list[dict[str, Any]]]) -> None:
-        self.results, self.queries_made = results, 0
-
-    async def cycle(self, window_seconds: int, labels: Labels) -> dict[str, Any]:
-        self.queries_made += len(self.results)
-        return self.results
 
 
 def test_one_sdds_failing_status_write_does_not_stop_the_others() -> None:

@@ -9,10 +9,10 @@ from typing import Any
 
 from specdecode_operator import api
 from specdecode_operator.autotune.loop import Tuner
-from specdecode_operator.autotune.observe import Labels
 from specdecode_operator.controller import Controller
 
 from ..fake_kube import FakeKube, api_error, pod
+from ..fake_prometheus import StubPrometheus
 
 SPEC: dict[str, Any] = {
     "model": {"name": "org/target"},
@@ -78,19 +78,6 @@ def _results(ns: str, name: str, k: int, rate: float) -> dict[str, list[dict[str
         "per_position": [one(a, position=str(i)) for i, a in enumerate(per_pos)],
         "running": [one(8.0, q=str(q)) for q in (0.1, 0.3, 0.5, 0.7, 0.9)],
     }
-
-
-class StubPrometheus:
-    """Answers every cycle with the given results (the parsing and the decision are real)."""
-
-    url = "http://prometheus.invalid"
-
-    def __init__(self, results: dict[str, list[dict[str, Any]]]) -> None:
-        self.results, self.queries_made = results, 0
-
-    async def cycle(self, window_seconds: int, labels: Labels) -> dict[str, Any]:
-        self.queries_made += len(self.results)
-        return self.results
 
 
 def test_the_tuners_target_is_what_the_next_reconcile_renders() -> None:
