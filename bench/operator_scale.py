@@ -100,6 +100,16 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
+def wait_ready(plane: LocalPlane, ns: str, n: int, label: str, *, timeout: float,
+               poll: float) -> None:
+    """Until every pod is Ready (kwok is slow with hundreds) or the timeout; says how long."""
+    t0 = time.monotonic()
+    while with_status(plane, ns, ready=True) < n and time.monotonic() - t0 < timeout:
+        time.sleep(poll)
+    print(f"{label}: Ready on {with_status(plane, ns, ready=True)}/{n} after another "
+          f"{time.monotonic() - t0:.1f} s")
+
+
 def with_status(plane: LocalPlane, ns: str, ready: bool = False) -> int:
     """How many SDDs have a status (``ready``: and are Ready)."""
     items = json.loads(plane.kubectl("get", "sdd", "-n", ns, "-o", "json").stdout)["items"]
@@ -144,11 +154,7 @@ def scale(plane: LocalPlane, prom: PrometheusServer, work: Path, n: int, quiet: 
         apply_and_wait_status(plane, "bench-scale-base", 10)
         apply_and_wait_status(plane, ns, n)
         # Quiet means settled: every pod Ready (kwok is slow with hundreds), then no reconcile.
-        t0 = time.monotonic()
-        while with_status(plane, ns, ready=True) < n and time.monotonic() - t0 < 300:
-            time.sleep(2.0)
-        print(f"scale: Ready on {with_status(plane, ns, ready=True)}/{n} after another "
-              f"{time.monotonic() - t0:.1f} s")
+        wait_ready(plane, ns, n, "scale", timeout=300, poll=2.0)
         wait_quiet(op, settle=5, timeout=600)
         since = utc_now()
         time.sleep(quiet)
@@ -215,11 +221,7 @@ def reads(plane: LocalPlane, prom: PrometheusServer, work: Path, n: int, quiet: 
     op = start_operator(plane, work / "op-reads", env=defaults)
     try:
         apply_and_wait_status(plane, ns, n)
-        t0 = time.monotonic()
-        while with_status(plane, ns, ready=True) < n and time.monotonic() - t0 < 600:
-            time.sleep(5.0)
-        print(f"reads: Ready on {with_status(plane, ns, ready=True)}/{n} after another "
-              f"{time.monotonic() - t0:.1f} s")
+        wait_ready(plane, ns, n, "reads", timeout=600, poll=5.0)
         wait_quiet(op, settle=10, timeout=600)
         r_op, w_op, top = per_minute(plane, quiet)
         passes = op.reconciles()
