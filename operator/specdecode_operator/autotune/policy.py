@@ -537,9 +537,9 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
         if l_old is not None:
             # The old K as measured here at this width when it ran at such loads; the model
             # only where it never did (a smooth fit misses the GEMM staircase between Ks).
-            n = b * (v.k_from + 1) + prefill
-            t_old = _measured_ms(state.points, v.k_from, n)
-            if t_old is None or isinstance(cost, _Known):
+            t_old = None if isinstance(cost, _Known) else _measured_ms(
+                state.points, v.k_from, b * (v.k_from + 1) + prefill)
+            if t_old is None:
                 t_old = cost.step_ms(b, v.k_from, prefill)
             if isinstance(cost, _Known) and cost.source == "prior":
                 # A table not fitted to this deployment (the H200 prior taken as exact) is in
