@@ -583,6 +583,13 @@ def _tuner_state_schema() -> dict[str, Any]:
                               number("Count."), maxItems=32),
             "drafts": array("Exponentially weighted drafts per position.", number("Count."),
                             maxItems=32),
+            "shift": obj("A departure of the load from the history's level, under way: held "
+                         "for a third of regimeSeconds, it restarts the load history.", {
+                             "since": integer("When it started (epoch seconds)."),
+                             "direction": integer("1: up, -1: down."),
+                             "load": array("Seconds at each load grid point since then.",
+                                           number("Seconds."), maxItems=64),
+                         }),
         }),
         "verification": obj("The open check of the last change.", {
             "from": integer("K before the change."),
@@ -590,8 +597,16 @@ def _tuner_state_schema() -> dict[str, Any]:
             "since": string("When the change was made.", format="date-time"),
             "predictedGain": number("Relative goodput gain the change predicted."),
             "probe": boolean("An exploratory change (kept only if measured better)."),
-            "samples": array("[epochSeconds, realized gain] per window at the new K "
-                             "(newest 48).", nums, maxItems=48),
+            "correction": number("What predictedGain added to the cost model's own "
+                                 "prediction: the model's error on the step before, carried "
+                                 "forward (follow-through)."),
+            "samples": array("[epochSeconds, realized gain, gain predicted at the "
+                             "window's batch] per window at the new K (newest 48).", nums,
+                             maxItems=48),
+            "predictedByBatch": array("[running requests, predicted gain] pairs: the "
+                                      "decision's prediction as a function of the load, "
+                                      "which each window is compared with.", nums,
+                                      maxItems=32),
         }),
         "lastProbeTime": string("When a never-measured K was last tried.",
                                 format="date-time"),
@@ -608,9 +623,13 @@ def _tuner_state_schema() -> dict[str, Any]:
                               "from": integer("K before."),
                               "to": integer("K after."),
                               "predicted": number("Predicted relative gain."),
-                              "realized": number("Realized relative gain (mean over the "
-                                                 "verification windows)."),
+                              "realized": number("Realized relative gain under the load "
+                                                 "history: the prediction plus the mean "
+                                                 "error measured over the verification "
+                                                 "windows (each at its own load)."),
                               "verdict": string("kept, rolled back or inconclusive."),
+                              "correction": number("What predicted added to the cost "
+                                                   "model's own prediction."),
                           }), maxItems=10),
     }
 

@@ -297,7 +297,8 @@ def test_a_probe_that_paid_frees_the_next_probe_and_one_that_did_not_keeps_the_i
     def after(gains: tuple[float, ...]) -> State:
         t0 = NOW - 3600
         v = Verification(k_from=5, k_to=3, time=t0, predicted=0.0, probe=True,
-                         samples=tuple((t0 + 600 * (i + 1), g) for i, g in enumerate(gains)))
+                         samples=tuple((t0 + 600 * (i + 1), g, 0.0)
+                                       for i, g in enumerate(gains)))
         st_ = State(last_change=t0, changes=(t0,), last_probe=t0, verify=v)
         return decide(Settings(), st_, window(iid(0.7, 16), k=3), now=NOW).state
 

@@ -70,7 +70,7 @@ def run(n: int, stop: Any = None) -> list[State]:
 def verifying(st: State) -> State:
     """``st`` with a check of a change 3 -> 5 under way (two windows measured)."""
     v = Verification(k_from=3, k_to=5, time=T0 + 600.0, predicted=0.08, probe=True,
-                     samples=((T0 + 1200.0, -0.21), (T0 + 1800.0, -0.19)))
+                     samples=((T0 + 1200.0, -0.21, 0.08), (T0 + 1800.0, -0.19, 0.08)))
     return replace(st, verify=v)
 
 
@@ -121,7 +121,7 @@ def test_the_persisted_state_stays_small() -> None:
     st = with_records(run(40)[-1])
     # A verification with more samples than a day allows.
     st = replace(st, verify=replace(verifying(st).verify,
-                                    samples=tuple((T0 + i, -0.1) for i in range(200))))
+                                    samples=tuple((T0 + i, -0.1, 0.08) for i in range(200))))
     at = state_to_status(st)
     assert len(at["verification"]["samples"]) == 48
     size = len(json.dumps(at, separators=(",", ":")))

@@ -58,6 +58,11 @@ MAX_POINTS = 48
 POINT_WEIGHT_CAP = 12.0       # a bin never outweighs new evidence by more than this
 POINT_HALF_LIFE = 3 * 86_400.0  # old evidence fades (driver, model or traffic drift)
 MIN_ITL_OBSERVATIONS = 100.0
+# A window whose load swung is a mix of step times, not a point on T(N): its running-
+# requests spread (Poisson at B=2 is 0.5), or the gauge's busy-time mean B and the counters'
+# per-step mean B disagreeing (a spike that filled most of the window) say so.
+MAX_LOAD_CV2 = 0.5
+MAX_BATCH_DISAGREEMENT = 1.5
 
 
 @dataclass(frozen=True)
@@ -103,12 +108,14 @@ class CostModel:
         """T(B, k) in milliseconds (never below a tenth of the floor, far outside the data)."""
         return max(self.raw_ms(b, k, prefill), 0.1 * max(self.theta[0], 0.01))
 
-    def ratio_se(self, b: float, c: int, k: int) -> float:
+    def ratio_se(self, b: float, c: int, k: int, prefill_c: float = 0.0,
+                 prefill_k: float = 0.0) -> float:
         """Standard error of log T(B, c) - log T(B, k): the model's doubt about a change."""
         if c == k:
             return 0.0
-        tc, tk = self.step_ms(b, c), self.step_ms(b, k)
-        g = [xc / tc - xk / tk for xc, xk in zip(self.features(b, c), self.features(b, k),
+        tc, tk = self.step_ms(b, c, prefill_c), self.step_ms(b, k, prefill_k)
+        g = [xc / tc - xk / tk for xc, xk in zip(self.features(b, c, prefill_c),
+                                                   self.features(b, k, prefill_k),
                                                    strict=True)]
         var = sum(g[i] * self.cov[i][j] * g[j] for i in range(P) for j in range(P))
         # Capped: beyond ~100% the model knows nothing, and exp() of it must stay finite.
@@ -271,6 +278,7 @@ class StepSample:
     steps: float            # increase(vllm:iteration_tokens_total_count)
     prompt_tokens: float    # increase(vllm:prompt_tokens_total)
     load_cv2: float = 0.0   # squared coefficient of variation of the running requests
+    load_mean: float = math.nan  # the running-requests gauge's mean over busy time
 
 
 def point_from_sample(
@@ -289,8 +297,15 @@ def point_from_sample(
                       "(old and new pods, restarts)")
     if s.itl_count < MIN_ITL_OBSERVATIONS:
         return None, f"too few latency observations ({s.itl_count:.0f})"
+    if s.load_cv2 > MAX_LOAD_CV2:
+        return None, (f"the load changed within the window (running requests vary "
+                      f"{math.sqrt(s.load_cv2):.0%}): a mix of step times, not one point")
     t_ms = 1000.0 * s.itl_sum / s.itl_count
     b = s.itl_count / s.steps
+    if math.isfinite(s.load_mean) and s.load_mean > 0 and \
+            max(b / s.load_mean, s.load_mean / b) > MAX_BATCH_DISAGREEMENT:
+        return None, (f"the load changed within the window (the gauge's {s.load_mean:.3g} "
+                      f"running requests vs {b:.3g} per engine step)")
     if not 0.05 <= t_ms <= 60_000:
         return None, f"implausible mean step time {t_ms:.3g} ms (histogram reset?)"
     if not 0.5 <= b <= 8192:

@@ -30,7 +30,7 @@ from . import acceptance, calibration, regime
 from .calibration import CalPoint, CostModel, StepSample
 from .goodput import Load, StepCost, goodput
 from .step_cost import default_profile
-from .verification import Outcome, Rejected, Verification, realized_gain, summary
+from .verification import Outcome, Rejected, Verification, judged, realized_gain
 
 DAY = 86_400.0
 OFF = 0  # draft length 0: speculative decoding off
@@ -163,7 +163,8 @@ class Window:
         mean = sum(vals) / len(vals) if vals else 0.0
         cv2 = (sum((v - mean) ** 2 for v in vals) / len(vals)) / mean ** 2 if mean > 0 else 0.0
         return StepSample(k=self.k, itl_sum=self.itl_sum, itl_count=self.itl_count,
-                          steps=self.steps, prompt_tokens=self.prompt_tokens, load_cv2=cv2)
+                          steps=self.steps, prompt_tokens=self.prompt_tokens, load_cv2=cv2,
+                          load_mean=mean if vals else math.nan)
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,10 @@ class State:
     load_hist_long: tuple[float, ...] = ()          # EW over LONG_FACTOR x regime_seconds
     acc_sum: tuple[float, ...] = ()                 # EW accepted per position
     acc_drafts: tuple[float, ...] = ()              # EW drafts per position
+    shift_since: float | None = None                # the load left the history's level
+    shift_load: tuple[float, ...] = ()              # ... and what it has been since
+    shift_direction: int = 0                        # +1 up, -1 down
+    shift_event: str = ""                           # this evaluation saw a shift (not kept)
     # verification
     verify: Verification | None = None
     last_probe: float | None = None
@@ -222,8 +227,40 @@ class _Known:
     def step_ms(self, b: float, k: int, prefill: float = 0.0) -> float:
         return self.table.step_ms(b, k)
 
-    def ratio_se(self, b: float, c: int, k: int) -> float:
+    def ratio_se(self, b: float, c: int, k: int, *_prefill: float) -> float:
         return 0.0
+
+
+MAX_PROMPT_RATIO = 64.0   # prompt tokens per generated token beyond this is a counter fault
+
+
+class _Priced:
+    """The cost model as candidate Ks are priced: each step also computes the prompt tokens
+    that arrive with the requests it finishes, ``rho`` per generated token (measured), so a
+    step at K carries rho * B * L(K) prefill tokens. Pricing at zero prefill would ask the
+    model about verify widths it has never seen (below all its points on a compute-bound
+    deployment, where the prior's shape, not the data, answers)."""
+
+    def __init__(self, model: Any, rho: float, tokens_per_step: Any) -> None:
+        self.model, self.rho, self.tps = model, rho, tokens_per_step
+        self.source = getattr(model, "source", "prior")
+
+    def prefill(self, b: float, k: int) -> float:
+        return self.rho * max(1.0, b) * self.tps(k) if self.rho > 0 else 0.0
+
+    def step_ms(self, b: float, k: int, prefill: float | None = None) -> float:
+        return self.model.step_ms(b, k, self.prefill(b, k) if prefill is None else prefill)
+
+    def ratio_se(self, b: float, c: int, k: int, *_prefill: float) -> float:
+        return self.model.ratio_se(b, c, k, self.prefill(b, c), self.prefill(b, k))
+
+
+def _prompt_ratio(window: Window) -> float:
+    """Prompt tokens per generated token in the window (0 when unknown or implausible)."""
+    p, g = window.prompt_tokens, window.generation_tokens
+    if not (math.isfinite(p) and math.isfinite(g)) or p <= 0 or g <= 0:
+        return 0.0
+    return min(p / g, MAX_PROMPT_RATIO)
 
 
 def _keep(window_k: int, state: State, reason: str, recommended: int | None = None,
@@ -292,8 +329,9 @@ def goodput_target(
 ) -> tuple[int, str, float, dict[int, float]]:
     """Best K by the lower confidence bound of its gain under the load histories.
 
-    A candidate must pay under every history (the regime's hours and the day's): its gain
-    counts as the smallest of them. The hurdle is min_gain + restart_cost / life: a change
+    A candidate is priced under the regime's hours of load; the day's history (``loads[1:]``)
+    is a veto: a candidate that would lose under it counts its smallest gain of all
+    histories. The hurdle is min_gain + restart_cost / life: a change
     must earn its restart back over the regime's expected remaining life. The current window
     must agree (the candidate's point gain now is positive), so a stale history never
     overrides what runs now. ``home`` (the initial K, measured before): when no candidate
@@ -311,13 +349,17 @@ def goodput_target(
     for c in _candidates(s, k):
         pc = [goodput(c, survival.tokens_per_step, ld, cost) for ld in loads]
         preds[c] = pc[0]
-        gains[c] = min(p / cu - 1.0 for p, cu in zip(pc, curs, strict=True))
+        rel = [p / cu - 1.0 for p, cu in zip(pc, curs, strict=True)]
         typical = _typical_gain(k, c, survival, loads[0], cost) if c == OFF else math.inf
-        gains[c] = min(gains[c], typical)
+        # Priced under the regime's hours; the day's history only vetoes: a K that loses
+        # over the day is judged by its worst history, one that does not by the regime.
+        day_ok = min(rel[1:], default=0.0) >= 0.0
+        gains[c] = min(rel[0] if day_ok else min(rel), typical)
         if c == k or c in rejected:
             continue
-        lo = min(min(_lcb_gain(s, k, c, survival, ld, cost, cu)
-                     for ld, cu in zip(loads, curs, strict=True)), typical)
+        lcbs = [_lcb_gain(s, k, c, survival, ld, cost, cu)
+                for ld, cu in zip(loads, curs, strict=True)]
+        lo = min(lcbs[0] if day_ok else min(lcbs), typical)
         if lo > best_lo:
             best, best_lo = c, lo
     hurdle = s.min_gain + s.restart_cost_seconds / life
@@ -370,6 +412,7 @@ def goodput_target(
         f"L({best})={survival.tokens_per_step(best):.2f}"), gain, preds
 
 
+SHIFT_FRACTION = 1 / 3  # of regimeSeconds: a load level held this long is a new regime
 PROBE_SPAN = 2        # a probe moves K down by at most this much
 PROBE_MIN_POINT = -0.03  # never probe a K the model already expects to lose by more
 PROBE_AFTER = 1 / 3   # of regimeSeconds of history before the first probe
@@ -421,6 +464,21 @@ def _typical_now(now_load: Load, hist: tuple[float, ...]) -> bool:
     return med / TYPICAL_BAND <= max(mean_now, 1.0) <= med * TYPICAL_BAND
 
 
+CURVE_BATCHES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
+
+
+def _gain_curve(k: int, c: int, survival: acceptance.Survival, cost: Any,
+                correction: float) -> tuple[tuple[float, float], ...]:
+    """The predicted per-request speed gain of c over k at each batch: what verification
+    compares each window with, at that window's own load."""
+    out = []
+    for b in CURVE_BATCHES:
+        g = (survival.tokens_per_step(c) / cost.step_ms(b, c)) / (
+            survival.tokens_per_step(k) / cost.step_ms(b, k)) - 1.0 + correction
+        out.append((b, round(g, 4)))
+    return tuple(out)
+
+
 def _chained_tokens_per_step(now: acceptance.Survival, state: State, k_now: int,
                              k_old: int) -> float | None:
     """L(k_old) for a window at k_now < k_old: this window's positions, then the acceptance
@@ -466,8 +524,11 @@ def _follow(s: Settings, state: State, k: int) -> tuple[int, float] | None:
     if o.verdict != "kept" or o.realized is None or o.k_to != k or o.k_from in (k, OFF) \
             or k == OFF:
         return None
-    bias = o.realized - o.predicted
-    if o.realized <= 0 or bias <= 0:
+    # The cost model's own error on that step (a follow-through's prediction already carried
+    # the step before's: counting it again would compound it, and dropping it would stop a
+    # descent the model keeps underestimating at the second step).
+    bias = o.model_error
+    if bias is None or o.realized <= 0 or bias <= 0:
         return None
     c = k + (1 if o.k_to > o.k_from else -1)
     if not s.k_min <= c <= s.k_max or any(p.k == c for p in state.points):
@@ -537,33 +598,41 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
         if l_old is not None:
             # The old K as measured here at this width when it ran at such loads; the model
             # only where it never did (a smooth fit misses the GEMM staircase between Ks).
+            # Prompt tokens arrive with finished requests: the old K, finishing L_old / L_new
+            # times as many per step, computed that much more prefill per step.
+            pre_old = prefill * l_old / l_new if l_new > 0 else prefill
             t_old = None if isinstance(cost, _Known) else _measured_ms(
-                state.points, v.k_from, b * (v.k_from + 1) + prefill)
+                state.points, v.k_from, b * (v.k_from + 1) + pre_old)
             if t_old is None:
-                t_old = cost.step_ms(b, v.k_from, prefill)
+                t_old = cost.step_ms(b, v.k_from, pre_old)
             if isinstance(cost, _Known) and cost.source == "prior":
                 # A table not fitted to this deployment (the H200 prior taken as exact) is in
                 # another machine's units: only its ratio between the two Ks applies here.
                 t_old *= t_new / cost.step_ms(b, v.k_to, prefill)
             g = realized_gain(l_new, t_new, l_old, t_old)
-            v = replace(v, samples=(*v.samples, (now, g)))
+            v = replace(v, samples=(*v.samples, (now, g, v.expected_at(b))))
             state = replace(state, verify=v)
     age = now - v.time
-    mean, se, _n_eff = summary(v.samples, s.window_seconds)
+    mean, se, raw = judged(v, s.window_seconds)
     done = age >= s.verify_after_seconds and len(v.samples) >= s.verify_min_windows
     if not done:
         if age > 4 * max(s.verify_after_seconds, s.window_seconds):
             out = Outcome(v.time, v.k_from, v.k_to, v.predicted,
-                          mean if v.samples else None, "inconclusive")
+                          mean if v.samples else None, "inconclusive", v.correction)
             return replace(state, verify=None,
                            outcomes=(*state.outcomes, out)[-OUTCOMES:]), None
         return state, None
     upper = mean + s.confidence_z * se
-    if upper < 0 or (v.probe and mean < 0):
-        evidence = (f"K {v.k_to} realized {mean:+.1%} (upper bound {upper:+.1%}, "
-                    f"{len(v.samples)} windows) vs K {v.k_from} at the same load; "
-                    f"predicted {v.predicted:+.1%}")
-        out = Outcome(v.time, v.k_from, v.k_to, v.predicted, mean, "rolled back")
+    # Confidently worse goes back (safety). A probe not confidently worse goes back only when
+    # its expected loss under the load history outruns the restart that going back costs,
+    # spread over the regime (going back is a change too).
+    back = s.restart_cost_seconds / max(s.regime_seconds, 1.0)
+    if upper < 0 or (v.probe and mean < -back):
+        evidence = (f"K {v.k_to} realized {mean:+.1%} under the load history (upper bound "
+                    f"{upper:+.1%}; {raw:+.1%} measured at the load of its {len(v.samples)} "
+                    f"windows) vs K {v.k_from}; predicted {v.predicted:+.1%}")
+        out = Outcome(v.time, v.k_from, v.k_to, v.predicted, mean, "rolled back",
+                      v.correction)
         rej = tuple(r for r in state.rejected if r.k != v.k_to and r.until > now)
         if upper < 0:   # confidently worse: not again until the cooldown expires
             rej = (*rej, Rejected(v.k_to, now + s.reject_cooldown_seconds, evidence))
@@ -580,7 +649,7 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
                              recommended=v.k_from, rollback=True)
         return st, Decision("change", window.k, v.k_from, v.k_from, why, st, rollback=True,
                             events=(("Warning", "DraftTokensRolledBack", why),))
-    out = Outcome(v.time, v.k_from, v.k_to, v.predicted, mean, "kept")
+    out = Outcome(v.time, v.k_from, v.k_to, v.predicted, mean, "kept", v.correction)
     # A probe that paid says the model is wrong in that direction: the next probe there
     # need not wait out the probe interval (which exists to bound the cost of failed ones).
     last_probe = None if v.probe else state.last_probe
@@ -599,6 +668,20 @@ def decide(
     means that table is taken as exact (no calibration); otherwise the step cost is
     calibrated from the windows, with the shipped H200 table as the prior.
     """
+    d = _decide(settings, replace(state, shift_event=""), window, now=now, cost=cost)
+    note = d.state.shift_event
+    if not note:
+        return d
+    # A detected load shift is news whatever the decision: said in the reason and an Event.
+    return replace(d, state=replace(d.state, shift_event=""), reason=d.reason + "; " + note,
+                   events=(*d.events, ("Normal", "LoadShifted", note)))
+
+
+def _decide(
+    settings: Settings, state: State, window: Window, *, now: float,
+    cost: StepCost | None = None,
+) -> Decision:
+    """decide() before the load-shift note is added to the reason."""
     s = settings
     state = replace(state, changes=tuple(t for t in state.changes if now - t < DAY),
                     rejected=tuple(r for r in state.rejected if r.until > now))
@@ -635,9 +718,27 @@ def decide(
         acc, dr = regime.update_acceptance(acc, dr, state.history_time, window.drafts,
                                            window.accepted_per_pos, now=now,
                                            window_seconds=window.seconds, horizon=horizon / 2)
+    # A lasting shift of the load (longer than any spike should matter) restarts the load
+    # histories from it, instead of letting them catch up over hours.
+    since, away, direction, shifted = regime.shift(
+        state.load_hist_long, state.shift_since, state.shift_load, state.shift_direction,
+        state.history_time, window.load, now=now, window_seconds=window.seconds,
+        shift_seconds=SHIFT_FRACTION * horizon)
+    start = now if state.history_start is None else state.history_start
+    shift_note = ""
+    if shifted and since is not None:
+        old_med, new_med = regime.median(hist_long), regime.median(away)
+        hist, hist_long, start = away, away, since
+        shift_note = (f"the load shifted {'up' if direction > 0 else 'down'} "
+                      f"{(now - since) / 60:.0f} min ago (median {old_med:.3g} -> "
+                      f"{new_med:.3g} running requests): the load history restarts there")
+        since, away, direction = None, (), 0
     state = replace(state, load_hist=hist, load_hist_long=hist_long, acc_sum=acc,
-                    acc_drafts=dr, history_time=now,
-                    history_start=now if state.history_start is None else state.history_start)
+                    acc_drafts=dr, history_time=now, history_start=start,
+                    shift_since=since, shift_load=away, shift_direction=direction,
+                    shift_event=shift_note)
+    if shifted:
+        state = replace(state, pending_k=None, pending_count=0, pending_since=None)
 
     # Evidence gate: never act on a handful of drafts.
     if k != OFF and (window.drafts < s.min_drafts or window.requests < s.min_requests):
@@ -675,6 +776,8 @@ def decide(
     gain: float | None = None
     preds: dict[int, float] = {}
     is_probe = False
+    correction = 0.0
+    curve: tuple[tuple[float, float], ...] = ()
     if s.policy == "threshold":
         rate = window.acceptance_rate
         if rate is None:
@@ -699,12 +802,17 @@ def decide(
         # here (the model's doubt about it is then doubt about the K that runs now).
         home = s.initial_k if s.initial_k is not None and (
             isinstance(model, _Known) or any(p.k == s.initial_k for p in state.points)) else None
+        priced = _Priced(model, _prompt_ratio(window), long_s.tokens_per_step)
+        follow = _follow(s, state, k) if s.explore and cost is None and source == "fitted" \
+            else None
         target, why, gain, preds = goodput_target(
-            s, k, long_s, loads, model, survival, window.load, life,
-            frozenset(r.k for r in state.rejected), probe, home,
-            _follow(s, state, k) if s.explore and cost is None and source == "fitted"
-            else None)
+            s, k, long_s, loads, priced, survival, window.load, life,
+            frozenset(r.k for r in state.rejected), probe, home, follow)
         is_probe = why.startswith(f"K {k} -> {target}: probe")
+        if follow is not None and target == follow[0] and "(follow-through)" in why:
+            correction = follow[1]
+        if target != k:
+            curve = _gain_curve(k, target, long_s, priced, correction)
     kw.update(predicted_gain=gain, predictions=preds)
 
     if target == k:
@@ -729,7 +837,8 @@ def decide(
         return _keep(k, state, f"{why} (Recommend mode: not applied)", recommended=target,
                      **kw)
     verify = Verification(k_from=k, k_to=target, time=now, predicted=gain or 0.0,
-                          probe=is_probe) if s.policy == "goodput" else None
+                          probe=is_probe, correction=correction, curve=curve) \
+        if s.policy == "goodput" else None
     new_state = replace(state, last_change=now, changes=(*state.changes, now),
                         pending_k=None, pending_count=0, pending_since=None, verify=verify,
                         last_probe=now if is_probe else state.last_probe)

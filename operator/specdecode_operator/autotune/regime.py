@@ -5,8 +5,12 @@ stays in place, beats what the restart loses. The new K will serve the traffic o
 hours, so the tuner prices candidates against an exponentially weighted history of load
 (time constant ``horizon``, hours) and of acceptance (half of it: task mixes drift faster
 than capacity planning), both kept in its state. A 20-minute spike moves the load history
-by 1 - exp(-20 min / horizon) of its weight: too little to pay for a restart; a lasting
-shift takes over the history within about one horizon.
+by 1 - exp(-20 min / horizon) of its weight: too little to pay for a restart. A lasting
+shift would take over the history only within about one horizon, so a shift is detected
+instead (``shift``): once every window for ``shift_seconds`` (longer than any spike the
+tuner should ignore) has sat at a load at least SHIFT_FACTOR away from the history's median,
+the history restarts from those windows: the old level is gone, and the new one has lasted
+that long.
 
 Pure; the histories are bounded (a fixed load grid, one pair of sums per draft position).
 """
@@ -101,3 +105,55 @@ def remaining_life(age: float, horizon: float, cap: float) -> float:
     about a horizon already, hence horizon + age, capped.
     """
     return min(cap, horizon + max(0.0, age))
+
+
+SHIFT_FACTOR = 2.0     # a window's mean load this far from the history's median is "away"
+
+
+def median(hist: Sequence[float]) -> float | None:
+    """The history's time-weighted median load (None when empty)."""
+    dist = distribution(hist)
+    total = sum(w for _, w in dist)
+    if total <= 0:
+        return None
+    acc = 0.0
+    for b, w in dist:
+        acc += w
+        if acc >= total / 2:
+            return b
+    return dist[-1][0]
+
+
+def mean_load(load: Sequence[tuple[float, float]]) -> float | None:
+    tw = sum(w for _, w in load)
+    if tw <= 0:
+        return None
+    return sum(b * w for b, w in load) / tw
+
+
+def shift(
+    hist: Sequence[float], since: float | None, away: Sequence[float], direction: int,
+    last: float | None, load: Sequence[tuple[float, float]], *, now: float,
+    window_seconds: float, shift_seconds: float,
+) -> tuple[float | None, tuple[float, ...], int, bool]:
+    """Track a lasting departure of the load from the history.
+
+    Returns (since, away, direction, shifted): when the departure started (None: the load
+    is at home), the load seen since then (undecayed seconds per grid point), its direction
+    (+1 up, -1 down), and whether it has now lasted ``shift_seconds`` (the caller then
+    restarts its histories from ``away``, and the departure is the new regime).
+    """
+    med, m = median(hist), mean_load(load)
+    if med is None or m is None:
+        return since, tuple(away), direction, False
+    m = max(m, 1.0)
+    d = 1 if m >= med * SHIFT_FACTOR else -1 if m <= med / SHIFT_FACTOR else 0
+    if d == 0 or (since is not None and d != direction):
+        # Home again, or the other way: a spike and its aftermath, not a new level.
+        return (None, (), 0, False) if d == 0 else (now, update_load(
+            (), None, load, now=now, window_seconds=window_seconds, horizon=1.0), d, False)
+    if since is None:
+        since, away, last = now, (), None
+    away = update_load(away, last, load, now=now, window_seconds=window_seconds,
+                       horizon=math.inf)
+    return since, away, d, now - since >= shift_seconds

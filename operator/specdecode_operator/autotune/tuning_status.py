@@ -104,13 +104,19 @@ def state_to_status(state: State) -> dict[str, Any]:
         reg["time"] = _t(state.history_time)
     if state.history_start is not None:
         reg["start"] = _t(state.history_start)
+    if state.shift_since is not None:
+        reg["shift"] = {"since": _t(state.shift_since), "direction": state.shift_direction,
+                        "load": [_r(v, 4) for v in state.shift_load]}
     at["regime"] = reg
     if state.verify is not None:
         v = state.verify
         at["verification"] = {
             "from": v.k_from, "to": v.k_to, "since": rfc3339(v.time),
             "predictedGain": _r(v.predicted, 4), "probe": v.probe,
-            "samples": [[_t(t), _r(g, 4)] for t, g in v.samples[-MAX_SAMPLES:]],
+            **({"correction": _r(v.correction, 4)} if v.correction else {}),
+            "samples": [[_t(t), _r(g, 4), _r(e, 4)] for t, g, e in v.samples[-MAX_SAMPLES:]],
+            **({"predictedByBatch": [[_r(b, 4), _r(g, 4)] for b, g in v.curve]}
+               if v.curve else {}),
         }
     if state.last_probe is not None:
         at["lastProbeTime"] = rfc3339(state.last_probe)
@@ -118,6 +124,7 @@ def state_to_status(state: State) -> dict[str, Any]:
                       for r in state.rejected]
     at["outcomes"] = [{"time": rfc3339(o.time), "from": o.k_from, "to": o.k_to,
                        "predicted": _r(o.predicted, 4), "verdict": o.verdict,
+                       **({"correction": _r(o.correction, 4)} if o.correction else {}),
                        **({} if o.realized is None else {"realized": _r(o.realized, 4)})}
                       for o in state.outcomes]
     return at
@@ -181,7 +188,15 @@ def _sections(at: dict[str, Any]) -> list[tuple[str, Any]]:
         dr = tuple(_f(v) for v in reg.get("drafts") or [])
         if len(acc) != len(dr):
             raise ValueError("accepted and drafts histories differ in length")
-        return {"load_hist": load, "load_hist_long": load_long, "acc_sum": acc,
+        sh = reg.get("shift") or {}
+        shift_load = tuple(_f(v) for v in sh.get("load") or [])
+        if shift_load and len(shift_load) != len(LOAD_GRID):
+            raise ValueError(f"shift load has {len(shift_load)} values, {len(LOAD_GRID)} "
+                             "expected (another load grid)")
+        shift = {"shift_since": _f(sh["since"]), "shift_load": shift_load,
+                 "shift_direction": int(sh.get("direction") or 0)} \
+            if sh.get("since") is not None else {}
+        return {**shift, "load_hist": load, "load_hist_long": load_long, "acc_sum": acc,
                 "acc_drafts": dr,
                 "history_time": _f(reg["time"]) if reg.get("time") is not None else None,
                 "history_start": _f(reg["start"]) if reg.get("start") is not None else None}
@@ -193,7 +208,12 @@ def _sections(at: dict[str, Any]) -> list[tuple[str, Any]]:
             out["verify"] = Verification(
                 k_from=int(v["from"]), k_to=int(v["to"]), time=epoch(v["since"]),
                 predicted=_f(v.get("predictedGain", 0.0)), probe=bool(v.get("probe")),
-                samples=tuple((_f(t), _f(g)) for t, g in v.get("samples") or []))
+                correction=_f(v.get("correction") or 0.0),
+                # [t, g] (before the expected gain was kept): the history-level prediction
+                samples=tuple((_f(x[0]), _f(x[1]),
+                               _f(x[2]) if len(x) > 2 else _f(v.get("predictedGain", 0.0)))
+                              for x in v.get("samples") or [] if len(x) >= 2),
+                curve=tuple((_f(b), _f(g)) for b, g in v.get("predictedByBatch") or []))
         if at.get("lastProbeTime"):
             out["last_probe"] = epoch(at["lastProbeTime"])
         out["rejected"] = tuple(Rejected(int(r["k"]), epoch(r["until"]),
@@ -202,7 +222,7 @@ def _sections(at: dict[str, Any]) -> list[tuple[str, Any]]:
         out["outcomes"] = tuple(
             Outcome(epoch(o["time"]), int(o["from"]), int(o["to"]), _f(o["predicted"]),
                     None if o.get("realized") is None else _f(o["realized"]),
-                    str(o.get("verdict") or ""))
+                    str(o.get("verdict") or ""), _f(o.get("correction") or 0.0))
             for o in at.get("outcomes") or [])
         return out
 
