@@ -12,7 +12,8 @@ import pytest
 
 from specdecode_operator.autotune import Settings, State, Window, decide, policy, regime
 from specdecode_operator.autotune import calibration as cal
-from specdecode_operator.autotune.acceptance import iid
+from specdecode_operator.autotune.acceptance import from_counters, iid
+from specdecode_operator.autotune.goodput import goodput
 from specdecode_operator.autotune.tuning_status import state_from_status, state_to_status
 from specdecode_operator.autotune.verification import Outcome, Verification, judged
 
@@ -159,3 +160,40 @@ def test_a_shift_under_way_survives_a_restart_of_the_operator() -> None:
     assert back.shift_since == pytest.approx(st.shift_since)
     assert back.shift_direction == 1
     assert back.shift_load == pytest.approx(st.shift_load, rel=1e-3)
+
+
+def test_only_a_failed_step_down_from_here_allows_the_probe_upwards() -> None:
+    failed = Outcome(NOW, 5, 4, predicted=0.0, realized=-0.11, verdict="rolled back")
+    assert policy._rebound(State(outcomes=(failed,)), 5)
+    assert not policy._rebound(State(outcomes=(failed,)), 4)      # not from where K is
+    for o in (Outcome(NOW, 5, 4, 0.0, 0.05, "kept"),
+              Outcome(NOW, 4, 5, 0.0, -0.1, "rolled back")):       # a failed step up
+        assert not policy._rebound(State(outcomes=(o,)), 5)
+    assert not policy._rebound(State(), 5)
+
+
+def test_the_rebound_probes_upwards_only_where_the_models_point_clears_the_hurdle() -> None:
+    s = Settings()
+    sv = from_counters(50_000, [50_000 * x for x in iid(0.8, 16)[:5]], extend_to=9)
+
+    class _Cheap:
+        """Step cost flat in K above 5 (a staircase step): K 6, 7 gain on their own."""
+        source = "fitted"
+
+        def step_ms(self, b: float, k: int, prefill: float = 0.0) -> float:
+            return 20.0 + (2.0 if k > 7 else 0.0)
+
+        def ratio_se(self, b: float, c: int, k: int, *_p: float) -> float:
+            return 0.05
+
+    loads = [[(16.0, 1.0)], [(16.0, 1.0)]]
+    curs = [goodput(5, sv.tokens_per_step, ld, _Cheap()) for ld in loads]
+    up = policy._probe(s, 5, sv, loads, _Cheap(), curs, 0.03, frozenset({3, 4, 6, 7}),
+                       frozenset(), rebound=True)
+    assert up is not None and up[0] in (6, 7) and up[2] >= 0.03
+    # Not without the rebound (downwards only), and never to a K the model expects to lose.
+    down = policy._probe(s, 5, sv, loads, _Cheap(), curs, 0.03, frozenset({6, 7}),
+                         frozenset(), rebound=False)
+    assert down is None
+    assert policy._probe(s, 5, sv, loads, _Cheap(), curs, 0.5, frozenset({6, 7}),
+                         frozenset(), rebound=True) is None

@@ -326,6 +326,7 @@ def goodput_target(
     now_survival: acceptance.Survival, now_load: Load, life: float,
     rejected: frozenset[int] = frozenset(), probe: frozenset[int] = frozenset(),
     home: int | None = None, follow: tuple[int, float] | None = None,
+    rebound: bool = False,
 ) -> tuple[int, str, float, dict[int, float]]:
     """Best K by the lower confidence bound of its gain under the load histories.
 
@@ -388,7 +389,7 @@ def goodput_target(
                        f"history (> {hurdle:.1%} hurdle; now {c_now:+.1%}); verified and "
                        "rolled back if not better"), pc, preds
     if (best == k or best_lo <= hurdle or now_gain <= 0) and probe:
-        p = _probe(s, k, survival, loads, cost, curs, hurdle, probe, rejected)
+        p = _probe(s, k, survival, loads, cost, curs, hurdle, probe, rejected, rebound)
         if p is not None:
             c, ucb, point = p
             return c, (f"K {k} -> {c}: probe of an unmeasured K: the cost model cannot rule "
@@ -421,18 +422,22 @@ TYPICAL_BAND = 4.0    # a probe starts only while the load is within this factor
 
 def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load], cost: Any,
            curs: list[float], hurdle: float, unmeasured: frozenset[int],
-           rejected: frozenset[int]) -> tuple[int, float, float] | None:
+           rejected: frozenset[int], rebound: bool = False) -> tuple[int, float, float] | None:
     """The unmeasured K below the current one that the model likes best, among those whose
     optimistic gain beats twice the hurdle under every history (a probe may cost two
-    restarts: there and back)."""
+    restarts: there and back). ``rebound``: the probe below just failed; then the K above
+    whose point gain alone clears the hurdle instead."""
     best: tuple[int, float, float] | None = None
     for c in _candidates(s, k):
-        # Only downwards: below the running K the acceptance is measured exactly, so the
-        # probe tests the cost model alone; above it the gain also rests on an extrapolated
+        # Downwards: below the running K the acceptance is measured exactly, so the probe
+        # tests the cost model alone; above it the gain also rests on an extrapolated
         # acceptance tail that no bound vouches for (on the development set every upward
-        # probe lost, and a kept one can strand K where the model is wrong).
-        if c in (k, OFF) or c > k or c not in unmeasured or c in rejected or \
-                k - c > PROBE_SPAN:
+        # probe lost, and a kept one can strand K where the model is wrong). Upwards only on
+        # the rebound: the step down cost more than the model said, which is evidence that
+        # the step cost rises less towards larger K than it thought (a staircase), and the
+        # model refitted on that step must then expect a gain there on its own.
+        if c in (k, OFF) or (c > k) != rebound or c not in unmeasured or c in rejected or \
+                abs(k - c) > PROBE_SPAN:
             continue
         points, ucbs = [], []
         for ld, cur in zip(loads, curs, strict=True):
@@ -442,9 +447,19 @@ def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load]
             points.append(point)
             ucbs.append((1.0 + point) * math.exp(s.confidence_z * se_t) - 1.0)
         point, ucb = min(points), min(ucbs)
-        if point >= PROBE_MIN_POINT and ucb > 2 * hurdle and (best is None or point > best[2]):
+        floor = hurdle if rebound else PROBE_MIN_POINT
+        if point >= floor and ucb > 2 * hurdle and (best is None or point > best[2]):
             best = (c, ucb, point)
     return best
+
+
+def _rebound(state: State, k: int) -> bool:
+    """The last change was a step down from ``k`` that was rolled back (each failed step
+    allows one rebound: the rebound's own outcome is then the last one)."""
+    if not state.outcomes:
+        return False
+    o = state.outcomes[-1]
+    return o.verdict == "rolled back" and o.k_from == k and 0 < o.k_to < k
 
 
 def _typical_now(now_load: Load, hist: tuple[float, ...]) -> bool:
@@ -623,11 +638,8 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
                            outcomes=(*state.outcomes, out)[-OUTCOMES:]), None
         return state, None
     upper = mean + s.confidence_z * se
-    # Confidently worse goes back (safety). A probe not confidently worse goes back only when
-    # its expected loss under the load history outruns the restart that going back costs,
-    # spread over the regime (going back is a change too).
-    back = s.restart_cost_seconds / max(s.regime_seconds, 1.0)
-    if upper < 0 or (v.probe and mean < -back):
+    # Confidently worse goes back (safety); a probe goes back unless it was better.
+    if upper < 0 or (v.probe and mean < 0):
         evidence = (f"K {v.k_to} realized {mean:+.1%} under the load history (upper bound "
                     f"{upper:+.1%}; {raw:+.1%} measured at the load of its {len(v.samples)} "
                     f"windows) vs K {v.k_from}; predicted {v.predicted:+.1%}")
@@ -792,10 +804,12 @@ def _decide(
         probe: frozenset[int] = frozenset()
         evidence = sum(p.w for p in state.points)
         seen_for = now - (state.history_start or now)
+        rebound = _rebound(state, k)
         if s.explore and cost is None and source == "fitted" and \
                 evidence >= PROBE_MIN_WINDOWS and seen_for >= PROBE_AFTER * s.regime_seconds and \
                 _typical_now(window.load, state.load_hist) and (
-                state.last_probe is None or now - state.last_probe >= s.probe_interval_seconds):
+                rebound or state.last_probe is None or
+                now - state.last_probe >= s.probe_interval_seconds):
             seen = {p.k for p in state.points}
             probe = frozenset(c for c in range(s.k_min, s.k_max + 1) if c not in seen)
         # Back to the initial K needs less proof than leaving it, once it has been measured
@@ -807,7 +821,7 @@ def _decide(
             else None
         target, why, gain, preds = goodput_target(
             s, k, long_s, loads, priced, survival, window.load, life,
-            frozenset(r.k for r in state.rejected), probe, home, follow)
+            frozenset(r.k for r in state.rejected), probe, home, follow, rebound)
         is_probe = why.startswith(f"K {k} -> {target}: probe")
         if follow is not None and target == follow[0] and "(follow-through)" in why:
             correction = follow[1]
