@@ -7,15 +7,17 @@ must be right, rare and safe. One evaluation:
 
 1. calibrates this deployment's step cost from the window's latency histograms
    (calibration.py; the H200 table is only the prior);
-2. folds the window into hours of load and acceptance history (regime.py);
-3. verifies the last change against what it predicted and rolls it back when the new K is
-   confidently slower than the old one at the same load (verification.py);
+2. folds the window into hours of load and acceptance history (regime.py); a load level
+   held for regimeSeconds/3 is a new regime and restarts the load history;
+3. verifies the last change against what it predicted at each window's own load and rolls
+   it back when the new K is confidently slower than the old one (verification.py);
 4. prices every candidate K under the history, with a lower confidence bound that counts
    both acceptance and cost-model doubt, and changes only when the gain rate times the
    regime's expected remaining life pays for the restart, the current window agrees, the
    recommendation is confirmed, and cooldown, daily budget and mode allow;
 5. otherwise may probe a K the model has never seen below the current one (at usual load
-   only), or follow through one step further after a step that paid more than predicted.
+   only; above it once, after a failed step down: the rebound), or follow through one step
+   further after a step that paid more than the model predicted.
 
 See docs/autotuner.md for the derivation of the rule.
 """
