@@ -248,15 +248,22 @@ def test_with_the_prior_as_exact_a_slower_machine_is_no_reason_to_roll_back() ->
     assert state.verify is None and state.outcomes[-1].verdict == "kept"
 
 
+def _fitted_at_b2(s: Settings, every: float) -> tuple[State, float]:
+    """Five windows at B = 2, K = 3, ``every`` seconds apart: the model is fitted on them.
+    Returns the state and the time of the next evaluation."""
+    st, t = State(), NOW
+    for _ in range(5):
+        st = decide(s, st, window(3, 2, t_ms=synthetic_ms(2, 3)), now=t).state
+        t += every
+    assert st.cost is not None and st.cost.source == "fitted"
+    return st, t
+
+
 def test_a_window_at_a_new_load_is_fitted_at_once() -> None:
     # Compressed time (and any deployment whose load moves): the fit must not extrapolate the
     # prior's shape for half an hour once a window has measured the new load.
     s = Settings(mode="Recommend")
-    st, t = State(), NOW
-    for _ in range(5):
-        st = decide(s, st, window(3, 2, t_ms=synthetic_ms(2, 3)), now=t).state
-        t += 300
-    assert st.cost is not None and st.cost.source == "fitted"
+    st, t = _fitted_at_b2(s, every=300)
     fitted_at = st.cost.time
     # From B = 2 alone the H200 shape, scaled, is far off this world at B = 32 (past its knee).
     assert abs(st.cost.step_ms(32, 3) / synthetic_ms(32, 3) - 1) > 0.3
@@ -285,11 +292,7 @@ def test_the_refit_follows_the_regime_clock() -> None:
     # regimeSeconds compresses the tuner's clock (demos, the real-vLLM tier): the fit then
     # follows new evidence at the same load within regimeSeconds / 6, not 30 minutes.
     def after(s: Settings) -> tuple[float | None, float | None]:
-        st, t = State(), NOW
-        for _ in range(5):
-            st = decide(s, st, window(3, 2, t_ms=synthetic_ms(2, 3)), now=t).state
-            t += 5
-        assert st.cost is not None and st.cost.source == "fitted"
+        st, t = _fitted_at_b2(s, every=5)
         before = st.cost.time
         st = decide(s, st, window(3, 2, t_ms=1.5 * synthetic_ms(2, 3)), now=t + 10).state
         assert st.cost is not None

@@ -313,7 +313,7 @@ def point_from_sample(
         return None, (f"latency and iteration histograms disagree ({b:.3g} requests per "
                       "step; a counter reset?)")
     # ITL weights each step by its batch: it sees T at E[B^2]/E[B], not at the mean B.
-    b_eff = b * (1.0 + max(0.0, min(s.load_cv2, 4.0)))
+    b_eff = b * (1.0 + max(0.0, s.load_cv2))   # load_cv2 <= MAX_LOAD_CV2 here
     n = b_eff * (s.k + 1) + max(0.0, s.prompt_tokens) / s.steps
     return CalPoint(k=s.k, b=b_eff, n=n, t_ms=t_ms, w=1.0, t=now), "ok"
 

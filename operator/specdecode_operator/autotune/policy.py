@@ -309,17 +309,19 @@ def _lcb_gain(s: Settings, k: int, c: int, survival: acceptance.Survival, load: 
     return (goodput(c, l_pess, load, cost) / cur) * math.exp(-s.confidence_z * se_t) - 1.0
 
 
+def _speed_ratio(k: int, c: int, survival: acceptance.Survival, b: float, cost: Any) -> float:
+    """Per-request decode speed of c over k at batch b: (L(c)/T(b,c)) / (L(k)/T(b,k))."""
+    return (survival.tokens_per_step(c) / cost.step_ms(b, c)) / (
+        survival.tokens_per_step(k) / cost.step_ms(b, k))
+
+
 def _typical_gain(k: int, c: int, survival: acceptance.Survival, load: Load,
                   cost: Any) -> float:
     """The relative per-request speed change of c over k, averaged over time (not tokens)."""
     tw = sum(w for _, w in load)
     if tw <= 0:
         return 0.0
-    acc = 0.0
-    for b, w in load:
-        b = max(1.0, b)
-        acc += w * (survival.tokens_per_step(c) / cost.step_ms(b, c)) / (
-            survival.tokens_per_step(k) / cost.step_ms(b, k))
+    acc = sum(w * _speed_ratio(k, c, survival, max(1.0, b), cost) for b, w in load)
     return acc / tw - 1.0
 
 
@@ -467,17 +469,9 @@ def _rebound(state: State, k: int) -> bool:
 def _typical_now(now_load: Load, hist: tuple[float, ...]) -> bool:
     """The current window's mean load is within a factor TYPICAL_BAND of the regime
     history's median: a probe is verified at the load it will live under, not in a spike."""
-    dist = regime.distribution(hist)
-    tw = sum(w for _, w in now_load)
-    if not dist or tw <= 0:
+    med, mean_now = regime.median(hist), regime.mean_load(now_load)
+    if med is None or mean_now is None:
         return False
-    mean_now = sum(b * w for b, w in now_load) / tw
-    total, acc, med = sum(w for _, w in dist), 0.0, dist[-1][0]
-    for b, w in dist:
-        acc += w
-        if acc >= total / 2:
-            med = b
-            break
     return med / TYPICAL_BAND <= max(mean_now, 1.0) <= med * TYPICAL_BAND
 
 
@@ -488,12 +482,8 @@ def _gain_curve(k: int, c: int, survival: acceptance.Survival, cost: Any,
                 correction: float) -> tuple[tuple[float, float], ...]:
     """The predicted per-request speed gain of c over k at each batch: what verification
     compares each window with, at that window's own load."""
-    out = []
-    for b in CURVE_BATCHES:
-        g = (survival.tokens_per_step(c) / cost.step_ms(b, c)) / (
-            survival.tokens_per_step(k) / cost.step_ms(b, k)) - 1.0 + correction
-        out.append((b, round(g, 4)))
-    return tuple(out)
+    return tuple((b, round(_speed_ratio(k, c, survival, b, cost) - 1.0 + correction, 4))
+                 for b in CURVE_BATCHES)
 
 
 def _chained_tokens_per_step(now: acceptance.Survival, state: State, k_now: int,

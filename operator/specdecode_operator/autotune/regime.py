@@ -148,11 +148,11 @@ def shift(
         return since, tuple(away), direction, False
     m = max(m, 1.0)
     d = 1 if m >= med * SHIFT_FACTOR else -1 if m <= med / SHIFT_FACTOR else 0
-    if d == 0 or (since is not None and d != direction):
-        # Home again, or the other way: a spike and its aftermath, not a new level.
-        return (None, (), 0, False) if d == 0 else (now, update_load(
-            (), None, load, now=now, window_seconds=window_seconds, horizon=1.0), d, False)
-    if since is None:
+    if d == 0:
+        return None, (), 0, False      # home again
+    if since is None or d != direction:
+        # A new departure, or one turned the other way (a spike and its aftermath, not a
+        # new level): it starts here.
         since, away, last = now, (), None
     away = update_load(away, last, load, now=now, window_seconds=window_seconds,
                        horizon=math.inf)
