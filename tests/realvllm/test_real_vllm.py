@@ -11,6 +11,7 @@ the same counts, so any window of whole sets has the acceptance of the cumulativ
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -42,7 +43,24 @@ SERVED = "tiny"
 LABEL_SDD = "specdecode.io/deployment"
 LABEL_K = "specdecode.io/draft-tokens"
 START_TIMEOUT = 300     # real vLLM is ready in ~30 s on 2 idle cores; slower when shared
-TOL = 0.03              # status (2 decimals, a 30 s window) vs the cumulative counters
+
+
+def tol(p: float, window_drafts: int) -> float:
+    """How far a 30 s window's ratio may sit from the cumulative counters' ratio.
+
+    The window holds a few hundred drafts of a noisy drafter: its per-position rates have a
+    binomial spread sqrt(p(1-p)/n) (0.022 at p 0.5, n 500), so a fixed 0.03 (1.4 standard
+    errors) failed CI (0.56 vs 0.522). Four standard errors plus the status' 2-decimal
+    rounding still fail a shifted position or the rate read as position 1 (0.15-0.2 apart).
+    """
+    return 0.005 + 4 * math.sqrt(max(p * (1 - p), 0.01) / window_drafts)
+
+
+def window_drafts(sdd: dict[str, Any], k: int) -> int:
+    msg = condition(sdd, "MetricsAvailable")["message"]
+    m = re.fullmatch(rf"(\d+) drafts, (\d+) requests at K={k} in 30s", msg)
+    assert m, msg
+    return int(m.group(1))
 
 
 def sdd_spec(models: TinyModels, policy: str) -> dict[str, Any]:
@@ -204,18 +222,18 @@ def assert_acceptance_from(sdd: dict[str, Any], c: Counters, k: int) -> None:
     """status.acceptance and the measured survival are the real counters' ratios."""
     acc = sdd["status"]["acceptance"]
     assert acc["windowSeconds"] == 30
-    assert abs(float(acc["rate"]) - c.rate) <= TOL, (acc, c)
-    assert abs(float(acc["meanLength"]) - (1 + c.accepted / c.drafts)) <= 3 * TOL, (acc, c)
+    n = window_drafts(sdd, k)
+    assert abs(float(acc["rate"]) - c.rate) <= tol(c.rate, n), (acc, c, n)
+    # meanLength is 1 + the sum of the k positions' rates: k times their spread at most.
+    assert abs(float(acc["meanLength"]) - (1 + c.accepted / c.drafts)) \
+        <= k * tol(c.rate, n), (acc, c, n)
     assert len(acc["perPosition"]) == k
     for got, want in zip(acc["perPosition"], c.survival, strict=True):
-        assert abs(float(got) - want) <= TOL, (acc["perPosition"], c.survival)
+        assert abs(float(got) - want) <= tol(want, n), (acc["perPosition"], c.survival, n)
     survival = [float(v) for v in sdd["status"]["autotune"]["survival"]]
     assert len(survival) == k
     for got, want in zip(survival, c.survival, strict=True):
-        assert abs(got - want) <= TOL, (survival, c.survival)
-    msg = condition(sdd, "MetricsAvailable")["message"]
-    m = re.fullmatch(rf"(\d+) drafts, (\d+) requests at K={k} in 30s", msg)
-    assert m, msg
+        assert abs(got - want) <= tol(want, n), (survival, c.survival, n)
     # increase() over 30 s: at least the evidence gate, and not above what vLLM counted by
     # more than Prometheus' extrapolation. The traffic starts only once the series is older
     # than the window (start_traffic_after_a_full_window), so the window never holds the
@@ -223,7 +241,7 @@ def assert_acceptance_from(sdd: dict[str, Any], c: Counters, k: int) -> None:
     # extrapolates at most 1.1 mean scrape intervals each (Prometheus' extrapolatedRate):
     # 2 x 1.1 x 1 s of a 30 s window = +7.3% at the configured 1 s scrape; 1.15 allows scrapes
     # stretched to 2 s by a loaded machine.
-    assert 500 <= int(m.group(1)) <= 1.15 * c.drafts, (msg, c)
+    assert 500 <= n <= 1.15 * c.drafts, (n, c)
 
 
 def test_goodput_reads_real_acceptance_and_keeps_k(
@@ -324,7 +342,8 @@ def test_threshold_lowers_k_on_real_acceptance_and_vllm_restarts_at_the_new_k(
     assert (last["policy"], last["from"], last["to"]) == ("threshold", 3, 1), last
     m = re.fullmatch(r"acceptance (\d\.\d\d) < 0\.5: K 3 -> 1", last["reason"])
     assert m, last["reason"]
-    assert abs(float(m.group(1)) - real3.rate) <= TOL, (last["reason"], real3)
+    assert abs(float(m.group(1)) - real3.rate) <= tol(real3.rate, window_drafts(sdd, 3)), \
+        (last["reason"], real3)
     assert any(r.endswith("awaiting confirmation (1/2)") for r in decisions.reasons()), \
         decisions.reasons()
     assert_acceptance_from(sdd, real3, 3)
