@@ -56,6 +56,7 @@ MAX_RMS = 0.25                # a fit worse than this (relative RMS) is not trus
 MAX_RATIO_SE = 1.0
 MIN_WINDOWS = 3             # windows of evidence (any K, any load) before a fit counts
 MAX_POINTS = 48
+BINS_PER_OCTAVE = 2           # of verify width per point (finer: see docs/autotuner.md)
 POINT_WEIGHT_CAP = 12.0       # a bin never outweighs new evidence by more than this
 POINT_HALF_LIFE = 3 * 86_400.0  # old evidence fades (driver, model or traffic drift)
 MIN_ITL_OBSERVATIONS = 100.0
@@ -319,7 +320,7 @@ def point_from_sample(
 
 
 def _bin(p: CalPoint) -> tuple[int, int]:
-    return p.k, round(2 * math.log2(max(p.n, 1.0)))
+    return p.k, round(BINS_PER_OCTAVE * math.log2(max(p.n, 1.0)))
 
 
 def opens_bin(points: Sequence[CalPoint], p: CalPoint) -> bool:
