@@ -45,6 +45,7 @@ from autotune_worlds import (
     Trace,
     make_trace,
     observe,
+    replica_tokens_per_second,
 )
 
 from specdecode_operator.autotune import Settings, State, decide
@@ -93,21 +94,61 @@ class Run:
     sources: set[str] = field(default_factory=set)
 
 
+def restart_cost(tr: Trace, t: int, r: int, k_old: int, k_new: int) -> float:
+    """Tokens lost while one replica restarts (canary mode restarts one at a time)."""
+    return RESTART_SECONDS * 0.5 * (replica_tokens_per_second(tr, t, r, k_old)
+                                    + replica_tokens_per_second(tr, t, r, k_new))
+
+
+CANARY_REPLICA = REPLICAS - 1
+CANARY_RESTART_STEPS = int(RESTART_SECONDS / DT)
+
+
 def run_tuner(tr: Trace, settings: Settings, seed: int) -> Run:
+    """One day of the tuner driving the world. In canary mode (``settings.canary``) a change
+    first runs on replica CANARY_REPLICA while the others keep K; the tuner then sees the two
+    Ks as two windows at the same time, as Prometheus groups them by the draft_tokens label."""
     rng = random.Random(seed)
     k, state, since = INITIAL_K, State(), 0
+    canary: int | None = None
+    canary_since = 0
+    main = [r for r in range(REPLICAS) if r != CANARY_REPLICA]
     out = Run()
     change_log: list[tuple[int, int, int, float]] = []   # (step, from, to, predicted)
     for t in range(STEPS):
-        out.tokens += tr.th[t][k] * DT
+        if canary is None:
+            out.tokens += tr.th[t][k] * DT
+        else:
+            out.tokens += DT * (sum(replica_tokens_per_second(tr, t, r, k) for r in main)
+                                + replica_tokens_per_second(tr, t, CANARY_REPLICA, canary))
         if t % EVAL_EVERY != EVAL_EVERY - 1 or t + 1 - since < 1:
             continue
-        w = observe(tr, rng, k, max(since, t + 1 - WINDOW_STEPS), t + 1)
+        w = observe(tr, rng, k, max(since, t + 1 - WINDOW_STEPS), t + 1,
+                    replicas=main if canary is not None else None)
         if w is None:
             continue
-        d = decide(settings, state, w, now=T0 + (t + 1) * DT)
+        cw = observe(tr, rng, canary, max(canary_since, t + 1 - WINDOW_STEPS), t + 1,
+                     replicas=[CANARY_REPLICA]) if canary is not None else None
+        d = decide(settings, state, w, now=T0 + (t + 1) * DT, canary_window=cw)
         state = d.state
         out.sources.add(d.cost_source)
+        if canary is None and d.canary_k is not None:          # a canary starts
+            out.tokens -= restart_cost(tr, t, CANARY_REPLICA, k, d.canary_k)
+            canary, canary_since = d.canary_k, t + 1 + CANARY_RESTART_STEPS
+            out.changes += 1
+            continue
+        if canary is not None and d.canary_k is None:          # ... and ends
+            if d.changed:   # promoted: the main replicas roll to the canary's K
+                for r in main:
+                    out.tokens -= restart_cost(tr, t, r, k, d.k_to)
+                change_log.append((t, k, d.k_to, d.predicted_gain or 0.0))
+                k, since = d.k_to, t + 1 + CANARY_RESTART_STEPS * len(main)
+            else:           # removed: the canary replica goes back to K
+                out.tokens -= restart_cost(tr, t, CANARY_REPLICA, canary, k)
+                out.rollbacks += 1
+                since = t + 1 + CANARY_RESTART_STEPS
+            canary = None
+            continue
         if d.changed:
             out.tokens -= switch_cost(tr, t, k, d.k_to)
             change_log.append((t, k, d.k_to, d.predicted_gain or 0.0))
@@ -145,7 +186,9 @@ COLS = ["fixed K=5", "best fixed", "tuner", "prior only"]
 
 def run_set(name: str, scenarios: list[Scenario], hardware: list[str], seeds: list[int],
             settings: Settings, with_prior: bool = True) -> dict[str, list[float]]:
-    print(f"\n== {name} (seeds {','.join(map(str, seeds))}) ==")
+    mode = f", canary mode on replica {CANARY_REPLICA + 1} of {REPLICAS}" \
+        if settings.canary else ""
+    print(f"\n== {name} (seeds {','.join(map(str, seeds))}{mode}) ==")
     print(f"{'hardware':17s}{'scenario':18s}{'fixed K=5':>10s}{'best fixed':>15s}"
           f"{'tuner':>20s}{'prior only':>16s}{'pred err':>10s}{'cal err':>9s}{'prior err':>10s}")
     scores: dict[str, list[float]] = {c: [] for c in COLS}
@@ -159,7 +202,8 @@ def run_set(name: str, scenarios: list[Scenario], hardware: list[str], seeds: li
                 kb = max(fx, key=lambda k: fx[k])
                 st = Settings(k_min=K_MIN, k_max=K_MAX, allow_off=sc.allow_off,
                               window_seconds=WINDOW_STEPS * DT, initial_k=INITIAL_K,
-                              restart_cost_seconds=settings.restart_cost_seconds)
+                              restart_cost_seconds=settings.restart_cost_seconds,
+                              canary=settings.canary, replicas=REPLICAS)
                 tuned = run_tuner(tr, st, seed)
                 prior_only = run_tuner(tr, Settings(
                     k_min=K_MIN, k_max=K_MAX, allow_off=sc.allow_off,
@@ -205,9 +249,11 @@ def main() -> int:
     ap.add_argument("--seeds", default="1", help="development seeds")
     ap.add_argument("--held-out-seeds", default="101")
     ap.add_argument("--quick", action="store_true", help="development set only")
+    ap.add_argument("--canary", action="store_true",
+                    help="canary mode: every change runs on one replica first")
     args = ap.parse_args()
     started = time.perf_counter()
-    base = Settings(restart_cost_seconds=RESTART_SECONDS)
+    base = Settings(restart_cost_seconds=RESTART_SECONDS, canary=args.canary)
     results = {"development": run_set("development set", DEV, DEV_HARDWARE,
                                       [int(s) for s in args.seeds.split(",")], base)}
     if not args.quick:

@@ -242,17 +242,26 @@ def make_trace(sc: Scenario, hw_name: str, seed: int) -> Trace:
     return Trace(hw, ss, bs, ts, ths, replica_f)
 
 
-def observe(tr: Trace, rng: random.Random, k: int, start: int, end: int) -> Window | None:
-    """What Prometheus shows for [start, end) at draft length k, summed over the pods."""
+def replica_tokens_per_second(tr: Trace, t: int, r: int, k: int) -> float:
+    """The world's tokens/s of replica ``r`` at step ``t`` running draft length ``k``."""
+    lk = 1 + sum(tr.s[t][k][:k])
+    return tr.b[t][r] * lk / (tr.t_ms[t][r][k] / 1000)
+
+
+def observe(tr: Trace, rng: random.Random, k: int, start: int, end: int,
+            replicas: list[int] | None = None) -> Window | None:
+    """What Prometheus shows for [start, end) at draft length k, summed over the pods
+    (``replicas``: the ones that run k; all by default)."""
     if end - start < 1:
         return None
+    reps = list(range(REPLICAS)) if replicas is None else replicas
     drafts = gen = itl_sum = itl_count = steps = prompt = 0.0
     per_pos = [0.0] * k
-    gauges: list[list[float]] = [[] for _ in range(REPLICAS)]
+    gauges: list[list[float]] = [[] for _ in reps]
     for t in range(start, end):
         sv = tr.s[t][k]
         lk = 1 + sum(sv[:k])
-        for r in range(REPLICAS):
+        for gi, r in enumerate(reps):
             b = tr.b[t][r]
             t_ms = tr.t_ms[t][r][k] * math.exp(rng.gauss(0, STEP_NOISE))
             n = DT / (t_ms / 1000)
@@ -266,7 +275,7 @@ def observe(tr: Trace, rng: random.Random, k: int, start: int, end: int) -> Wind
                 for i in range(k):
                     per_pos[i] += b * n * sv[i]
             for _ in range(4):   # scraped every 15 s
-                gauges[r].append(max(0.0, round(b * (1 + rng.gauss(0, 0.08)))))
+                gauges[gi].append(max(0.0, round(b * (1 + rng.gauss(0, 0.08)))))
     noisy, prev = [], drafts
     for i in range(k):
         p = per_pos[i] / drafts

@@ -19,6 +19,9 @@ must be right, rare and safe. One evaluation:
    only; above it once, after a failed step down: the rebound), or follow through one step
    further after a step that paid more than the model predicted.
 
+In canary mode (2+ replicas) a change first runs on one replica and is judged side by side
+with the others (canary.py) before it rolls to all.
+
 See docs/autotuner.md for the derivation of the rule.
 """
 
@@ -30,6 +33,7 @@ from typing import Any, Literal
 
 from . import acceptance, calibration, regime
 from .calibration import CalPoint, CostModel, StepSample
+from .canary import Side, judge, side_by_side_gain
 from .goodput import Load, StepCost, goodput
 from .step_cost import default_profile
 from .verification import Outcome, Rejected, Verification, judged, realized_gain
@@ -78,6 +82,9 @@ class Settings:
     verify_after_seconds: float = 1800.0
     verify_min_windows: int = 3
     reject_cooldown_seconds: float = 86_400.0
+    # canary mode: a change runs on one replica first, judged side by side (canary.py)
+    canary: bool = False
+    replicas: int = 1
     # threshold policy: the published rule.
     low_acceptance: float = 0.5
     high_acceptance: float = 0.85
@@ -110,6 +117,8 @@ class Settings:
         ):
             if key in at:
                 kw[name] = conv(at[key])
+        kw["canary"] = bool((at.get("canary") or {}).get("enabled", False))
+        kw["replicas"] = int(spec.get("replicas", 1))
         if "afterSeconds" in ver:
             kw["verify_after_seconds"] = float(ver["afterSeconds"])
         if "minWindows" in ver:
@@ -199,6 +208,8 @@ class State:
     last_probe: float | None = None
     rejected: tuple[Rejected, ...] = ()
     outcomes: tuple[Outcome, ...] = ()
+    # canary mode: the candidate K running on one replica, and its side-by-side samples
+    canary: Verification | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +225,11 @@ class Decision:
     cost_source: str = "prior"                      # the cost model the decision used
     rollback: bool = False
     events: tuple[tuple[str, str, str], ...] = ()   # (type, reason, message) to publish
+
+    @property
+    def canary_k(self) -> int | None:
+        """The K the canary replica runs after this decision (None: no canary)."""
+        return self.state.canary.k_to if self.state.canary is not None else None
 
     @property
     def changed(self) -> bool:
@@ -661,9 +677,90 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
                    last_probe=last_probe), None
 
 
+def canary_on(s: Settings) -> bool:
+    """Canary mode applies: asked for, with a replica to spare, under the goodput policy."""
+    return s.canary and s.replicas >= 2 and s.policy == "goodput" and s.mode == "Auto"
+
+
+def _side(w: Window) -> Side | None:
+    """A window as one side of the canary comparison (None: no usable latency evidence)."""
+    if not all(math.isfinite(v) and v > 0 for v in (w.itl_sum, w.itl_count, w.steps)):
+        return None
+    length = 1.0 + w.accepted / w.drafts if w.k != OFF and w.drafts > 0 else 1.0
+    cv2 = w.step_sample().load_cv2
+    return Side(k=w.k, length=length, step_ms=1000.0 * w.itl_sum / w.itl_count,
+                batch=w.itl_count / w.steps * (1 + min(cv2, 4.0)))
+
+
+def _canary_step(s: Settings, state: State, window: Window, canary_window: Window | None,
+                 cost: Any, now: float) -> Decision:
+    """One evaluation while a canary runs: add its side-by-side sample, then judge it."""
+    c = state.canary
+    assert c is not None
+    k = window.k
+    name = "off" if c.k_to == OFF else str(c.k_to)
+
+    def ended(verdict: str, realized: float | None) -> State:
+        out = Outcome(now, c.k_from, c.k_to, c.predicted, realized, verdict, c.correction)
+        return replace(state, canary=None, last_change=now,
+                       outcomes=(*state.outcomes, out)[-OUTCOMES:])
+
+    if not canary_on(s):
+        why = (f"canary K {name} removed: canary mode no longer applies (enabled, 2+ "
+               f"replicas, Auto mode and the goodput policy); K {k} stays")
+        return _keep(k, ended("inconclusive", None), why,
+                     events=(("Warning", "CanaryAbandoned", why),))
+    cw = canary_window
+    if cw is not None and cw.k == c.k_to and k == c.k_from and now - c.time >= s.window_seconds:
+        # Only windows wholly after the canary started (its restart is not its speed).
+        main, can = _side(window), _side(cw)
+        if main is not None and can is not None and (c.k_to == OFF or cw.drafts > 0):
+            g = side_by_side_gain(main, can, lambda b, j: cost.step_ms(b, j))
+            c = replace(c, samples=(*c.samples, (now, g, c.expected_at(can.batch))))
+            state = replace(state, canary=c)
+        # The canary's window is a measured step time at its K: calibration evidence.
+        if not isinstance(cost, _Known):
+            kept = (state.last_change, state.cost_note)
+            st = _calibrate(s, replace(state, last_change=c.time), cw, now)
+            state = replace(st, last_change=kept[0], cost_note=kept[1])
+    v = judge(c, now=now, after_seconds=s.verify_after_seconds,
+              min_windows=s.verify_min_windows, window_seconds=s.window_seconds,
+              z=s.confidence_z)
+    if v.action == "wait":
+        so_far = sum(g for _, g, _ in c.samples) / len(c.samples) if c.samples else None
+        return _keep(k, state, (
+            f"canary K {name} on 1 of {s.replicas} replicas: {v.windows} windows side by "
+            f"side{f', {so_far:+.1%} so far' if so_far is not None else ''}, "
+            f"{now - c.time:.0f}/{s.verify_after_seconds:.0f}s"), recommended=c.k_to)
+    if v.action == "abandon":
+        why = (f"canary K {name} removed: only {v.windows} usable windows in "
+               f"{now - c.time:.0f}s (pod not ready, no traffic or no latency series); "
+               f"K {k} stays")
+        return _keep(k, ended("inconclusive", None), why,
+                     events=(("Warning", "CanaryAbandoned", why),))
+    evidence = (f"canary K {name} measured {v.mean:+.1%} vs K {c.k_from} side by side "
+                f"(upper bound {v.upper:+.1%}, {v.windows} windows); predicted "
+                f"{c.predicted:+.1%}")
+    if v.action == "promote":
+        st = ended("kept", v.mean)
+        # The side-by-side screen cannot see a difference between the canary's machine and
+        # the others': the promoted K is verified fleet-wide like any change.
+        st = replace(st, verify=replace(c, time=now, samples=()))
+        return Decision("change", k, c.k_to, c.k_to, f"K {k} -> {name}: {evidence}: "
+                        "promoted to all replicas", st, predicted_gain=c.predicted)
+    # Confidently worse: removed, and not tried again until the cooldown expires.
+    st = ended("rolled back", v.mean)
+    rej = (*(r for r in st.rejected if r.k != c.k_to and r.until > now),
+           Rejected(c.k_to, now + s.reject_cooldown_seconds, evidence))
+    why = (f"{evidence}: removed, K {k} stays; K {name} rejected for "
+           f"{s.reject_cooldown_seconds / 3600:.3g}h")
+    return _keep(k, replace(st, rejected=rej), why,
+                 events=(("Warning", "CanaryRejected", why),))
+
+
 def decide(
     settings: Settings, state: State, window: Window, *, now: float,
-    cost: StepCost | None = None,
+    cost: StepCost | None = None, canary_window: Window | None = None,
 ) -> Decision:
     """Keep K or change it, with a human-readable reason and the tuner's new state.
 
@@ -671,8 +768,11 @@ def decide(
     nothing to decide and the caller reports that instead of calling this. ``cost`` given
     means that table is taken as exact (no calibration); otherwise the step cost is
     calibrated from the windows, with the shipped H200 table as the prior.
+    ``canary_window``: in canary mode, the counters of the canary replica (at the canary's
+    K) over the same window, while a canary runs (canary.py).
     """
-    d = _decide(settings, replace(state, shift_event=""), window, now=now, cost=cost)
+    d = _decide(settings, replace(state, shift_event=""), window, now=now, cost=cost,
+                canary_window=canary_window)
     note = d.state.shift_event
     if not note:
         return d
@@ -683,7 +783,7 @@ def decide(
 
 def _decide(
     settings: Settings, state: State, window: Window, *, now: float,
-    cost: StepCost | None = None,
+    cost: StepCost | None = None, canary_window: Window | None = None,
 ) -> Decision:
     """decide() before the load-shift note is added to the reason."""
     s = settings
@@ -700,7 +800,8 @@ def _decide(
         model = _Known(default_profile(), "prior")
         state = replace(state, cost=None, cost_note="costModel: Prior (the H200 table as exact)")
     else:
-        state = _calibrate(s, state, window, now)
+        if state.canary is None:   # while a canary runs the main pods are not the fleet
+            state = _calibrate(s, state, window, now)
         model = state.cost or calibration.prior()
         if not state.points and not math.isfinite(window.itl_count):
             # No latency series at all (an older vLLM, or a scrape without them): nothing
@@ -767,7 +868,10 @@ def _decide(
     else:
         return _keep(k, state, "speculation is off and no acceptance was ever measured", **kw)
 
-    # Verification of the last change comes before any new idea.
+    # A running canary, then the verification of the last change, before any new idea.
+    if state.canary is not None:
+        return replace(_canary_step(s, state, window, canary_window, model, now),
+                       cost_source=source)
     state, rb = _verify(s, state, window, survival, model, now)
     if rb is not None:
         return replace(rb, cost_source=source)
@@ -845,6 +949,16 @@ def _decide(
     verify = Verification(k_from=k, k_to=target, time=now, predicted=gain or 0.0,
                           probe=is_probe, correction=correction, curve=curve) \
         if s.policy == "goodput" else None
+    if verify is not None and canary_on(s):
+        # Canary mode: the candidate runs on one replica first; the main replicas keep K.
+        st = replace(state, last_change=now, changes=(*state.changes, now), pending_k=None,
+                     pending_count=0, pending_since=None, canary=verify,
+                     last_probe=now if is_probe else state.last_probe)
+        name = "off" if target == OFF else str(target)
+        msg = (f"canary: K {name} on 1 of {s.replicas} replicas, judged side by side with "
+               f"K {k} before it rolls to all ({why})")
+        return _keep(k, st, msg, recommended=target,
+                     events=(("Normal", "CanaryStarted", msg),), **kw)
     new_state = replace(state, last_change=now, changes=(*state.changes, now),
                         pending_k=None, pending_count=0, pending_since=None, verify=verify,
                         last_probe=now if is_probe else state.last_probe)

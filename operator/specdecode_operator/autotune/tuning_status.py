@@ -109,15 +109,9 @@ def state_to_status(state: State) -> dict[str, Any]:
                         "load": [_r(v, 4) for v in state.shift_load]}
     at["regime"] = reg
     if state.verify is not None:
-        v = state.verify
-        at["verification"] = {
-            "from": v.k_from, "to": v.k_to, "since": rfc3339(v.time),
-            "predictedGain": _r(v.predicted, 4), "probe": v.probe,
-            **({"correction": _r(v.correction, 4)} if v.correction else {}),
-            "samples": [[_t(t), _r(g, 4), _r(e, 4)] for t, g, e in v.samples[-MAX_SAMPLES:]],
-            **({"predictedByBatch": [[_r(b, 4), _r(g, 4)] for b, g in v.curve]}
-               if v.curve else {}),
-        }
+        at["verification"] = _change_to_status(state.verify)
+    if state.canary is not None:
+        at["canary"] = _change_to_status(state.canary)
     if state.last_probe is not None:
         at["lastProbeTime"] = rfc3339(state.last_probe)
     at["rejected"] = [{"k": r.k, "until": rfc3339(r.until), "reason": r.evidence}
@@ -128,6 +122,30 @@ def state_to_status(state: State) -> dict[str, Any]:
                        **({} if o.realized is None else {"realized": _r(o.realized, 4)})}
                       for o in state.outcomes]
     return at
+
+
+def _change_to_status(v: Verification) -> dict[str, Any]:
+    """A change under verification (or a canary under judgement) as status fields."""
+    return {
+        "from": v.k_from, "to": v.k_to, "since": rfc3339(v.time),
+        "predictedGain": _r(v.predicted, 4), "probe": v.probe,
+        **({"correction": _r(v.correction, 4)} if v.correction else {}),
+        "samples": [[_t(t), _r(g, 4), _r(e, 4)] for t, g, e in v.samples[-MAX_SAMPLES:]],
+        **({"predictedByBatch": [[_r(b, 4), _r(g, 4)] for b, g in v.curve]}
+           if v.curve else {}),
+    }
+
+
+def _change_from_status(v: dict[str, Any]) -> Verification:
+    return Verification(
+        k_from=int(v["from"]), k_to=int(v["to"]), time=epoch(v["since"]),
+        predicted=_f(v.get("predictedGain", 0.0)), probe=bool(v.get("probe")),
+        correction=_f(v.get("correction") or 0.0),
+        # [t, g] (before the expected gain was kept): the history-level prediction
+        samples=tuple((_f(x[0]), _f(x[1]),
+                       _f(x[2]) if len(x) > 2 else _f(v.get("predictedGain", 0.0)))
+                      for x in v.get("samples") or [] if len(x) >= 2),
+        curve=tuple((_f(b), _f(g)) for b, g in v.get("predictedByBatch") or []))
 
 
 def _f(v: Any) -> float:
@@ -205,15 +223,7 @@ def _sections(at: dict[str, Any]) -> list[tuple[str, Any]]:
         out: dict[str, Any] = {}
         v = at.get("verification")
         if v is not None:
-            out["verify"] = Verification(
-                k_from=int(v["from"]), k_to=int(v["to"]), time=epoch(v["since"]),
-                predicted=_f(v.get("predictedGain", 0.0)), probe=bool(v.get("probe")),
-                correction=_f(v.get("correction") or 0.0),
-                # [t, g] (before the expected gain was kept): the history-level prediction
-                samples=tuple((_f(x[0]), _f(x[1]),
-                               _f(x[2]) if len(x) > 2 else _f(v.get("predictedGain", 0.0)))
-                              for x in v.get("samples") or [] if len(x) >= 2),
-                curve=tuple((_f(b), _f(g)) for b, g in v.get("predictedByBatch") or []))
+            out["verify"] = _change_from_status(v)
         if at.get("lastProbeTime"):
             out["last_probe"] = epoch(at["lastProbeTime"])
         out["rejected"] = tuple(Rejected(int(r["k"]), epoch(r["until"]),
@@ -226,8 +236,12 @@ def _sections(at: dict[str, Any]) -> list[tuple[str, Any]]:
             for o in at.get("outcomes") or [])
         return out
 
+    def canary() -> dict[str, Any]:
+        c = at.get("canary")
+        return {"canary": _change_from_status(c)} if c is not None else {}
+
     return [("", basics), ("calibration", calib), ("regime", regime_),
-            ("verification", verification)]
+            ("verification", verification), ("canary", canary)]
 
 
 def read_state(status: dict[str, Any] | None) -> tuple[State, list[str]]:
@@ -363,7 +377,7 @@ class Evaluation:
 def evaluate(
     settings: Settings, status: dict[str, Any] | None, current_k: int,
     window: Window | None, *, now: float, unavailable: str | None = None,
-    initial_k: int | None = None,
+    initial_k: int | None = None, canary_window: Window | None = None,
 ) -> Evaluation:
     """One evaluation: the decision and the status fields that record it (pure).
 
@@ -401,12 +415,13 @@ def evaluate(
                           None, events)
 
     state, problems = read_state(status)
-    d = decide(settings, state, window, now=now)
-    if problems and d.changed:
+    d = decide(settings, state, window, now=now, canary_window=canary_window)
+    if problems and (d.changed or (d.state.canary is not None and state.canary is None)):
         # A state that could not be read is no basis for a restart: keep K this time.
         kept = replace(d.state, last_change=state.last_change, changes=state.changes,
                        verify=state.verify, last_probe=state.last_probe,
-                       outcomes=state.outcomes, rejected=state.rejected)
+                       outcomes=state.outcomes, rejected=state.rejected,
+                       canary=state.canary)
         d = Decision("keep", d.k_from, d.k_from, d.recommended,
                      f"K kept while the tuner's state restarts; would have: {d.reason}",
                      kept, d.predicted_gain, d.predictions, d.cost_source)
@@ -435,7 +450,7 @@ def evaluate(
         name = "off" if d.k_to == OFF else str(d.k_to)
         events.append(("Normal", "DraftTokensChanged", f"autotune: K {d.k_from} -> {name}: "
                                                          f"{d.reason}"))
-    elif d.recommended != old_rec and d.recommended != d.k_from:
+    elif d.recommended != old_rec and d.recommended != d.k_from and d.canary_k is None:
         events.append(("Normal", "DraftTokensRecommended",
                        f"autotune recommends K {d.recommended}: {d.reason}"))
     ok = condition(True, "MetricsFound",
