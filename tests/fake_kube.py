@@ -131,7 +131,7 @@ class FakeKube:
         }
 
     def writes(self) -> list[tuple[str, ...]]:
-        return [c for c in self.calls if c[0] in ("apply", "apply_status", "event")]
+        return [c for c in self.calls if c[0] in ("apply", "apply_status", "event", "delete")]
 
     def status_of(self, name: str, namespace: str = "ns") -> dict[str, Any]:
         return copy.deepcopy(self.sdds[(namespace, name)].get("status") or {})
@@ -177,6 +177,11 @@ class FakeKube:
             live["status"] = old["status"]
         self.children[key] = live
         return copy.deepcopy(live)
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        self.calls.append(("delete", kind))
+        self._rv += 1
+        return self.children.pop((kind, namespace, name), None) is not None
 
     async def apply_status(
         self, sdd: dict[str, Any], status: dict[str, Any], *, manager: str = "",

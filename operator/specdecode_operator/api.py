@@ -33,7 +33,7 @@ TUNER_MANAGER = "specdecode-autotuner"     # the autotuner's field manager (stat
 # ---- status ownership ------------------------------------------------------------------------
 RECONCILER_KEYS = ("observedGeneration", "replicas", "readyReplicas", "updatedReplicas",
                    "selector")
-RECONCILER_DRAFT_TOKENS = ("current", "initial")
+RECONCILER_DRAFT_TOKENS = ("current", "initial", "canary")
 RECONCILER_CONDITIONS = ("Ready", "Progressing", "Degraded", "Stalled")
 # Degraded reasons that do not go away without a change (of the spec, the cluster's nodes or
 # RBAC): the reconciler reports them as Stalled=True too, which kstatus (Flux's health check)
@@ -174,6 +174,7 @@ MANAGER = OPERATOR_MANAGER
 LABEL_SDD = "specdecode.io/deployment"          # on every owned object and pod: the SDD's name
 LABEL_K = "specdecode.io/draft-tokens"          # on pods: the K they run (metrics split by it)
 LABEL_DRAFTER = "specdecode.io/drafter"
+LABEL_CANARY = "specdecode.io/canary"            # on the canary Deployment and its pod: "true"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 ANNOTATION_HASH = "specdecode.io/rendered-hash"
 ANNOTATION_SPEC_CONFIG = "specdecode.io/speculative-config"

@@ -174,13 +174,14 @@ class Controller:
         children = {kind: self.cache.child(kind, ns, names.service_name(name)
                                            if kind == "Service" else child)
                     for kind in CHILD_KINDS}
+        canary = self.cache.child("Deployment", ns, names.canary_name(name))
         pods = self.cache.pods_of(ns, names.label_value(name))
         nodes = await self._nodes_offering(view.gpu_resource) \
             if conditions._unschedulable(pods) else None
         return plan.Observation(children=children, pods=pods,
                                 pod_monitor_available=await self._pod_monitor_available(),
                                 nodes_offering_gpu=nodes, now=_now(),
-                                apply_error=apply_error)
+                                apply_error=apply_error, canary=canary)
 
     async def reconcile(self, sdd: dict[str, Any]) -> None:
         """Plan from the cache, execute the plan (plan.py says what and why)."""
@@ -196,7 +197,7 @@ class Controller:
             sdd = migrated
         view = api.SpecView.of(sdd)  # the spec, read and defaulted once
         p = plan.plan(sdd, view, await self._observe(sdd, view), legacy=legacy)
-        if p.applies:
+        if p.applies or p.deletes:
             apply_error = None
             for a in p.applies:
                 try:
@@ -208,6 +209,17 @@ class Controller:
                 ev = a.event(name)
                 await self.kube.event(sdd, ev.type, ev.reason, ev.message)
                 metrics.CHILD_WRITES.labels(kind=a.kind, reason=a.reason).inc()
+            for d in p.deletes:
+                try:
+                    gone = await self.kube.delete(d.kind, d.namespace, d.name)
+                except ApiError as e:
+                    apply_error = f"deleting {d.kind} {d.name}: {e.status.message}"
+                    log.warning("%s/%s: %s", ns, name, apply_error)
+                    continue
+                if gone:   # not already deleted by an earlier pass the watch has not shown
+                    dev = d.event()
+                    await self.kube.event(sdd, dev.type, dev.reason, dev.message)
+                    metrics.CHILD_WRITES.labels(kind=d.kind, reason="deleted").inc()
             # The status describes the children as applied: the cache holds the responses.
             p = plan.plan(sdd, view, await self._observe(sdd, view, apply_error),
                           legacy=legacy)

@@ -376,6 +376,16 @@ def _autotune() -> dict[str, Any]:
                     "minWindows": integer("Windows at the new K before the verdict.",
                                           minimum=0, maximum=100, default=3),
                 }, default={}),
+            "canary": obj(
+                "Canary mode (needs 2+ replicas and the goodput policy in Auto mode): a "
+                "change of K first runs on one replica, a second Deployment "
+                "<name>-canary behind the same Service, and is judged side by side with "
+                "the other replicas for verification.afterSeconds; it then rolls to all "
+                "replicas (verified fleet-wide like any change) or, when confidently "
+                "worse, is removed and its K rejected.", {
+                    "enabled": boolean("Try each change on one replica first.",
+                                       default=False),
+                }, default={}),
             "evidence": obj("Evidence gate: no decision on less data than this.", {
                 "minDrafts": integer("Drafts in the window.", minimum=0, default=2000),
                 "minRequests": integer("Finished requests in the window.", minimum=0,
@@ -608,6 +618,21 @@ def _tuner_state_schema() -> dict[str, Any]:
                                       "which each window is compared with.", nums,
                                       maxItems=32),
         }),
+        "canary": obj("The canary under judgement (canary mode): the candidate K runs on "
+                      "one replica while the others keep the current K.", {
+            "from": integer("K of the other replicas."),
+            "to": integer("K of the canary replica."),
+            "since": string("When the canary was started.", format="date-time"),
+            "predictedGain": number("Relative goodput gain the decision predicted."),
+            "probe": boolean("An exploratory change (the fleet-wide verification after a "
+                             "promotion keeps it only if measured better)."),
+            "correction": number("What predictedGain added to the cost model's own "
+                                 "prediction (follow-through)."),
+            "samples": array("[epochSeconds, side-by-side gain, gain predicted at the "
+                             "canary's batch] per window (newest 48).", nums, maxItems=48),
+            "predictedByBatch": array("[running requests, predicted gain] pairs.", nums,
+                                      maxItems=32),
+        }),
         "lastProbeTime": string("When a never-measured K was last tried.",
                                 format="date-time"),
         "rejected": array("Ks verification found worse than the K before them: not tried "
@@ -669,6 +694,8 @@ def status_schema() -> dict[str, Any]:
                 "initial": integer("Initial K resolved from the spec (draftTokens.initial "
                                    "or the workload preset) that current started from."),
                 "recommended": integer("K the autotuner recommends."),
+                "canary": integer("K of the canary replica (canary mode), while the "
+                                  "Deployment <name>-canary is rendered."),
             }),
             "acceptance": obj("Observed acceptance of draft tokens at the current K.", {
                 "rate": string("Accepted / proposed draft tokens, e.g. 0.71."),

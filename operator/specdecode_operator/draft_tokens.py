@@ -7,7 +7,7 @@ from typing import Any
 
 from .api import DraftBounds, Target, bounds
 
-__all__ = ["CurrentK", "DraftBounds", "bounds", "current_k", "speculative"]
+__all__ = ["CurrentK", "DraftBounds", "bounds", "canary_k", "current_k", "speculative"]
 
 
 def speculative(spec: dict[str, Any]) -> bool:
@@ -52,3 +52,28 @@ def current_k(spec: dict[str, Any], status: dict[str, Any] | None) -> CurrentK:
         return CurrentK(c, f"the autotuner's K {k} is outside [{b.min}, {b.max}]: clamped "
                            f"to {c}")
     return CurrentK(k, f"K {k} chosen by the autotuner", True)
+
+
+def canary_k(spec: dict[str, Any], status: dict[str, Any] | None, current: CurrentK
+             ) -> int | None:
+    """The K of the canary replica to render (``spec`` defaulted), or None: no canary.
+
+    ``status.autotune.canary`` is the canary the autotuner runs: the candidate K on one
+    replica beside ``current``. It is rendered only while canary mode applies (enabled, 2+
+    replicas, mode Auto), it was started from the K that runs now, and its K is allowed.
+    """
+    at = spec["autotune"]
+    c = ((status or {}).get("autotune") or {}).get("canary")
+    if current.k is None or not isinstance(c, dict) or at["mode"] != "Auto" or \
+            not (at.get("canary") or {}).get("enabled") or int(spec["replicas"]) < 2:
+        return None
+    try:
+        k_from, k_to = int(c["from"]), int(c["to"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    b = bounds(spec)
+    if b is None or k_from != current.k or k_to == current.k:
+        return None
+    if k_to == 0:
+        return 0 if at["allowOff"] else None
+    return k_to if b.min <= k_to <= b.max else None

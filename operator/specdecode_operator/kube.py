@@ -125,6 +125,17 @@ class Kube:
         )
         return _to_dict(obj)
 
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete an owned object (its dependents by garbage collection); False when it was
+        already gone."""
+        try:
+            await self.client.delete(KINDS[kind], name, namespace=namespace)
+        except ApiError as e:
+            if e.status.code == 404:
+                return False
+            raise
+        return True
+
     async def apply_status(
         self, sdd: dict[str, Any], status: dict[str, Any], *, manager: str = MANAGER,
         resource_version: str | None = None,

@@ -47,6 +47,18 @@ def child_name(name: str) -> str:
     return name if len(name) <= MAX_LABEL else short_name(name)
 
 
+CANARY_SUFFIX = "-canary"
+
+
+def canary_name(name: str) -> str:
+    """Name of the canary Deployment (canary mode): the Deployment's name and ``-canary``,
+    within the same 63 characters (a hashed short form of ``<name>-canary`` past that)."""
+    child = child_name(name)
+    if len(child) + len(CANARY_SUFFIX) <= MAX_LABEL:
+        return child + CANARY_SUFFIX
+    return short_name(name + CANARY_SUFFIX)
+
+
 def service_name(name: str) -> str:
     """Name of the Service (a DNS-1035 label: it becomes a DNS name clients resolve)."""
     return name if _DNS1035.match(name) else short_name(name)

@@ -14,6 +14,7 @@ from .api import (  # the operator's names live in api.py; imported from here to
     ANNOTATION_HASH,
     ANNOTATION_SPEC_CONFIG,
     DEFAULT_GPU_RESOURCE,
+    LABEL_CANARY,
     LABEL_DRAFTER,
     LABEL_K,
     LABEL_MANAGED_BY,
@@ -336,16 +337,40 @@ def with_hash(manifest: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def canary_deployment(sdd: dict[str, Any], spec: dict[str, Any], k: int) -> dict[str, Any]:
+    """The canary replica (canary mode): one pod at the candidate K, behind the SDD's
+    Service, PodDisruptionBudget and PodMonitor like the others (same SDD label).
+
+    Its selector adds the canary label, so it never counts the main pods. The main
+    Deployment's selector (immutable, the SDD label alone) does match the canary's pod, which
+    Kubernetes tolerates because each ReplicaSet and pod has one controller owner: neither
+    Deployment adopts the other's.
+    """
+    dep = deployment(sdd, spec, k)
+    dep["metadata"]["name"] = names.canary_name(sdd["metadata"]["name"])
+    dep["metadata"]["labels"][LABEL_CANARY] = "true"
+    dep["spec"]["replicas"] = 1
+    dep["spec"]["selector"]["matchLabels"][LABEL_CANARY] = "true"
+    dep["spec"]["template"]["metadata"]["labels"][LABEL_CANARY] = "true"
+    return dep
+
+
 def render(
     sdd: dict[str, Any], k: int | None, *, pod_monitor_available: bool = False,
-    spec: dict[str, Any] | None = None,
+    spec: dict[str, Any] | None = None, canary_k: int | None = None,
 ) -> list[dict[str, Any]]:
     """All objects owned by ``sdd`` when it runs draft length ``k`` (None: speculation off).
 
     ``spec``: the SDD's spec already defaulted (``api.SpecView.spec``), to default it once.
+    ``canary_k``: a canary replica runs that K (draft_tokens.canary_k); the main Deployment
+    then has one replica less.
     """
     spec = defaulted_spec(sdd["spec"]) if spec is None else spec
-    out = [deployment(sdd, spec, k), service(sdd, spec)]
+    main = deployment(sdd, spec, k)
+    out = [main, service(sdd, spec)]
+    if canary_k is not None:
+        main["spec"]["replicas"] = max(0, int(spec["replicas"]) - 1)
+        out.append(canary_deployment(sdd, spec, canary_k))
     pdb = pod_disruption_budget(sdd, spec)
     if pdb:
         out.append(pdb)

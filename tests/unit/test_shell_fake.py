@@ -222,3 +222,42 @@ def test_a_resync_burst_asks_for_the_pod_monitor_crd_once() -> None:
     assert [c for c in fake.calls if c[0] == "pod_monitor_available"] == [
         ("pod_monitor_available",)]
     assert sum(1 for c in fake.calls if c == ("apply", "Deployment")) == 20
+
+
+def test_the_controller_runs_a_canary_and_deletes_it_once_the_main_deployment_took_over(
+) -> None:
+    spec = {**SPEC, "replicas": 2, "autotune": {**SPEC["autotune"],
+                                                "canary": {"enabled": True}}}
+
+    async def go() -> FakeKube:
+        fake = FakeKube()
+        fake.add_sdd("m", spec)
+        ctl = Controller(fake, fake.cache())  # type: ignore[arg-type]
+        await ctl.reconcile_key("ns", "m")
+        # The autotuner starts a canary at K 5 (its own status field).
+        sdd = fake.sdds[("ns", "m")]
+        await fake.apply_status(sdd, {"autotune": {"canary": {
+            "from": 3, "to": 5, "since": "2026-01-01T00:00:00Z"}}},
+            manager=api.TUNER_MANAGER)
+        await ctl.reconcile_key("ns", "m")
+        assert _k(fake, "m-canary") == 5 and _k(fake) == 3
+        assert fake.children[("Deployment", "ns", "m")]["spec"]["replicas"] == 1
+        assert fake.status_of("m")["draftTokens"]["canary"] == 5
+        # It is promoted: the target moves to 5 and the canary leaves the tuner's status.
+        await fake.apply_status(sdd, {"autotune": {"target": {"k": 5, "initial": 3}}},
+                                manager=api.TUNER_MANAGER)
+        await ctl.reconcile_key("ns", "m")
+        main = fake.children[("Deployment", "ns", "m")]
+        assert _k(fake) == 5 and main["spec"]["replicas"] == 2
+        assert ("Deployment", "ns", "m-canary") in fake.children   # not rolled out yet
+        assert ("delete", "Deployment") not in fake.calls
+        main["status"] = {"observedGeneration": main["metadata"]["generation"],
+                          "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2,
+                          "readyReplicas": 2}
+        await ctl.reconcile_key("ns", "m")
+        return fake
+
+    fake = asyncio.run(go())
+    assert ("Deployment", "ns", "m-canary") not in fake.children
+    assert [e[2] for e in fake.events].count("Deleted") == 1
+    assert "canary" not in fake.status_of("m")["draftTokens"]

@@ -160,8 +160,13 @@ class Tuner:
         self._last_eval[(ns, name)] = now
         k = int(running)
         window = found.get((ns, name, k))
+        # Canary mode: the canary replica's pods carry their own K label, so the same
+        # queries return its window beside the main replicas'.
+        canary_to = ((status.get("autotune") or {}).get("canary") or {}).get("to")
+        canary_window = found.get((ns, name, int(canary_to))) \
+            if isinstance(canary_to, int) and canary_to != k else None
         ev = evaluate(settings, status, k, window, now=now, unavailable=unavailable,
-                      initial_k=bounds.initial)
+                      initial_k=bounds.initial, canary_window=canary_window)
         d = ev.decision
         outcome = "unavailable" if d is None else (
             "change" if d.changed else ("recommend" if d.recommended != d.k_from else "keep"))
