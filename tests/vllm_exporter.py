@@ -3,9 +3,11 @@ of the autotuner against a real Prometheus.
 
 Each ``ExporterPod`` plays one vLLM pod at one K: its counters start at 0 (as after a pod
 start), grow at ``drafts_per_second`` with survival ``s``, and its per-position series exist
-only for positions 0..K-1. Prometheus finds it through a file_sd target that carries the
-labels the operator groups by. ``follow()`` replaces the pod when the Deployment's K changes,
-as a rolling restart would.
+only for positions 0..K-1. With ``step_ms`` it also serves the step-time series vLLM has
+(the inter-token-latency and iteration-tokens histograms, as one bucket each): every running
+request observes one step of ``step_ms`` per engine step. Prometheus finds it through a
+file_sd target that carries the labels the operator groups by. ``restart_at()`` replaces the
+pod when the Deployment's K changes, as a rolling restart would.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class ExporterPod:
     running: float = 2.0
     started: float = field(default_factory=time.monotonic)
     name: str = ""
+    step_ms: float | None = None
 
     def text(self) -> str:
         t = time.monotonic() - self.started
@@ -56,6 +59,20 @@ class ExporterPod:
                 lab[:-1] + ',finished_reason="length"}')
         lines.append("# TYPE vllm:num_requests_running gauge")
         lines.append(f"vllm:num_requests_running{lab} {self.running}")
+        if self.step_ms is not None:
+            # One draft per running request per engine step: steps = drafts / running.
+            steps = drafts / max(self.running, 1e-9)
+
+            def histogram(name: str, count: float, total: float) -> None:
+                lines.append(f"# TYPE {name} histogram")
+                lines.append(f'{name}_bucket{lab[:-1]},le="+Inf"}} {count:.1f}')
+                lines.append(f"{name}_count{lab} {count:.1f}")
+                lines.append(f"{name}_sum{lab} {total:.6f}")
+
+            histogram("vllm:inter_token_latency_seconds", drafts,
+                      drafts * self.step_ms / 1000)
+            histogram("vllm:iteration_tokens_total", steps, drafts + acc)
+            counter("vllm:prompt_tokens_total", 0.0)
         return "\n".join(lines) + "\n"
 
 
@@ -110,7 +127,8 @@ class ExporterFleet:
         (optionally under a new acceptance profile: the workload shifted)."""
         self.remove(old.name)
         return self.add(ExporterPod(old.namespace, old.sdd, k, s or old.s,
-                                    old.drafts_per_second, old.running))
+                                    old.drafts_per_second, old.running,
+                                    step_ms=old.step_ms))
 
     def close(self) -> None:
         for name in list(self._servers):
