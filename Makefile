@@ -29,6 +29,7 @@ cluster: setup
 ## crds: regenerate crds/ from the Python schema (the one source of truth)
 crds: $(VENV)/.installed
 	$(BIN)/python -m specdecode_operator.crd > crds/specdecode.io_specdecodedeployments.yaml
+	$(BIN)/python -c 'import pathlib, specdecode_operator.crd as c; p = pathlib.Path("docs/api.md"); t = p.read_text(); i = t.index(c.FIELDS_START); p.write_text(t[:i] + c.FIELDS_START + c.fields_markdown())'
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ them; ``specdecode_operator.spec`` applies the same schema defaults when reading
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from . import vllm_flags
@@ -378,11 +379,11 @@ def _autotune() -> dict[str, Any]:
                 }, default={}),
             "canary": obj(
                 "Canary mode (needs 2+ replicas and the goodput policy in Auto mode): a "
-                "change of K first runs on one replica, a second Deployment "
-                "<name>-canary behind the same Service, and is judged side by side with "
-                "the other replicas for verification.afterSeconds; it then rolls to all "
-                "replicas (verified fleet-wide like any change) or, when confidently "
-                "worse, is removed and its K rejected.", {
+                "change of K first runs on one replica, a second Deployment named after "
+                "the SDD with -canary, behind the same Service, and is judged side by "
+                "side with the other replicas for verification.afterSeconds; it then "
+                "rolls to all replicas (verified fleet-wide like any change) or, when "
+                "confidently worse, is removed and its K rejected.", {
                     "enabled": boolean("Try each change on one replica first.",
                                        default=False),
                 }, default={}),
@@ -827,5 +828,62 @@ def to_yaml() -> str:
     return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
 
 
+def _type(schema: dict[str, Any]) -> str:
+    if schema.get("x-kubernetes-int-or-string"):
+        return "int-or-string"
+    t = str(schema.get("type", "object"))
+    if t == "array":
+        return f"array of {_type(schema.get('items') or {})}"
+    return t
+
+
+def _constraints(schema: dict[str, Any]) -> str:
+    parts = []
+    if "default" in schema and schema["default"] not in ({}, []):
+        parts.append(f"default `{json.dumps(schema['default'])}`")
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    if lo is not None or hi is not None:
+        parts.append(f"range {'' if lo is None else lo}..{'' if hi is None else hi}")
+    if "enum" in schema:
+        parts.append("one of " + ", ".join(f"`{v}`" for v in schema["enum"]))
+    return "; ".join(parts)
+
+
+def field_rows(schema: dict[str, Any] | None = None, path: str = "spec"
+               ) -> list[tuple[str, str, str]]:
+    """(field, type, description with default, range and allowed values) for every field of
+    the spec schema, depth first in schema order: the reference table in docs/api.md."""
+    schema = spec_schema() if schema is None else schema
+    rows = []
+    for name, sub in (schema.get("properties") or {}).items():
+        p = f"{path}.{name}"
+        desc = " ".join(str(sub.get("description", "")).split())
+        extra = _constraints(sub)
+        rows.append((p, _type(sub), f"{desc} {extra}".strip()))
+        rows += field_rows(sub, p)
+        items = sub.get("items") or {}
+        if items.get("properties"):
+            rows += field_rows(items, f"{p}[]")
+    return rows
+
+
+# docs/api.md ends with the generated table, after this heading and note.
+FIELDS_START = ("## All spec fields\n\nGenerated from the schema (`python -m "
+                "specdecode_operator.crd --fields`; `make crds` writes\nit here, and a unit "
+                "test fails when it is stale).\n\n")
+
+
+def fields_markdown() -> str:
+    """docs/api.md's "All spec fields" table (``python -m specdecode_operator.crd --fields``;
+    a unit test fails when the document differs)."""
+    lines = ["| field | type | description |", "|---|---|---|"]
+    bar = "\\|"   # a literal | inside a table cell
+    for f, t, d in field_rows():
+        lines.append(f"| `{f}` | {t} | {d.replace('|', bar)} |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
-    print(to_yaml(), end="")
+    import sys
+
+    print(fields_markdown() if "--fields" in sys.argv[1:] else to_yaml(), end="")

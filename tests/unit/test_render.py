@@ -220,3 +220,14 @@ def test_schema_defaults_fill_nested_objects_like_the_apiserver() -> None:
     assert out["autotune"]["mode"] == "Auto" and out["autotune"]["cooldownSeconds"] >= 900
     assert "draftTokens" not in out   # no object default: method none can forbid it
     assert crd.schema_defaults(crd.spec_schema(), out) == out
+
+
+def test_the_api_reference_lists_every_spec_field_as_the_schema_has_it() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    assert crd.FIELDS_START in doc, "docs/api.md lost its generated fields section"
+    assert doc.split(crd.FIELDS_START, 1)[1] == crd.fields_markdown(), \
+        "docs/api.md's field table is stale: run `make crds`"
+    # Every leaf of the schema is a row (a new field cannot go undocumented).
+    rows = {r[0] for r in crd.field_rows()}
+    assert {"spec.autotune.canary.enabled", "spec.autotune.verification.afterSeconds",
+            "spec.draftTokens.initial"} <= rows
