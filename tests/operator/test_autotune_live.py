@@ -7,7 +7,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +53,6 @@ def deployed_k(plane: LocalPlane, ns: str, name: str) -> int:
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     cfg = json.loads(args[args.index("--speculative-config") + 1])
     return int(cfg["num_speculative_tokens"])
-
-
-@pytest.fixture
-def fleet(prometheus: PrometheusServer) -> Iterator[ExporterFleet]:
-    f = ExporterFleet(prometheus.targets_dir)
-    yield f
-    f.close()
 
 
 class KFollower:

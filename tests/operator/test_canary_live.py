@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,7 +20,6 @@ import pytest
 from specdecode_operator.autotune.acceptance import iid
 from specdecode_runtime.localplane import LocalPlane
 from specdecode_runtime.operator_process import OperatorProcess
-from specdecode_runtime.prometheus import PrometheusServer
 
 from ..kube_helpers import apply, events, get_json, get_or_none, sdd_doc, wait_for
 from ..vllm_exporter import ExporterFleet, ExporterPod
@@ -47,13 +46,6 @@ def k_of(dep: dict[str, Any]) -> int:
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     return int(json.loads(args[args.index("--speculative-config") + 1])
                ["num_speculative_tokens"])
-
-
-@pytest.fixture
-def fleet(prometheus: PrometheusServer) -> Iterator[ExporterFleet]:
-    f = ExporterFleet(prometheus.targets_dir)
-    yield f
-    f.close()
 
 
 class Kubelet:
@@ -94,6 +86,15 @@ class Kubelet:
         self._t.join()
 
 
+def _start(plane: LocalPlane, fleet: ExporterFleet, ns: str,
+           step_ms: Callable[[int], float]) -> Kubelet:
+    """The SDD created and rendered at K 3, its pods played with step times ``step_ms``."""
+    apply(plane, sdd_doc("m", ns, spec()))
+    wait_for("Deployment at K=3", lambda: (d := get_or_none(
+        plane, "deployment", "m", "-n", ns)) and k_of(d) == 3)
+    return Kubelet(plane, fleet, ns, "m", step_ms=step_ms)
+
+
 def _canary_started(plane: LocalPlane, ns: str, reasons: list[str]) -> dict[str, Any]:
     def started() -> dict[str, Any] | None:
         st = get_json(plane, "sdd", "m", "-n", ns).get("status") or {}
@@ -109,10 +110,7 @@ def _canary_started(plane: LocalPlane, ns: str, reasons: list[str]) -> dict[str,
 def test_a_faster_canary_is_promoted_and_its_deployment_deleted_after_the_rollout(
     operator: OperatorProcess, plane: LocalPlane, namespace: str, fleet: ExporterFleet
 ) -> None:
-    apply(plane, sdd_doc("m", namespace, spec()))
-    wait_for("Deployment at K=3", lambda: (d := get_or_none(
-        plane, "deployment", "m", "-n", namespace)) and k_of(d) == 3)
-    kubelet = Kubelet(plane, fleet, namespace, "m", step_ms=lambda k: 20.0 + 0.2 * k)
+    kubelet = _start(plane, fleet, namespace, step_ms=lambda k: 20.0 + 0.2 * k)
     reasons: list[str] = []
     try:
         canary = _canary_started(plane, namespace, reasons)
@@ -155,12 +153,8 @@ def test_a_faster_canary_is_promoted_and_its_deployment_deleted_after_the_rollou
 def test_a_slower_canary_is_removed_and_its_k_rejected(
     operator: OperatorProcess, plane: LocalPlane, namespace: str, fleet: ExporterFleet
 ) -> None:
-    apply(plane, sdd_doc("m", namespace, spec()))
-    wait_for("Deployment at K=3", lambda: (d := get_or_none(
-        plane, "deployment", "m", "-n", namespace)) and k_of(d) == 3)
     # Any K but 3 costs four times the step time: the canary is much slower.
-    kubelet = Kubelet(plane, fleet, namespace, "m",
-                      step_ms=lambda k: 20.0 if k == 3 else 80.0)
+    kubelet = _start(plane, fleet, namespace, step_ms=lambda k: 20.0 if k == 3 else 80.0)
     reasons: list[str] = []
     try:
         k_c = k_of(_canary_started(plane, namespace, reasons))

@@ -77,6 +77,8 @@ def test_the_verdict_waits_then_promotes_unless_confidently_worse() -> None:
     noisy = _canary([(600 * i, g) for i, g in enumerate((0.1, -0.12, 0.08, -0.1), 1)])
     assert judge(noisy, now=NOW + 2400, **kw).action == "promote"
     assert judge(_canary([]), now=NOW + 8000, **kw).action == "abandon"
+    # Judged on evidence that is hours old (tuning was paused meanwhile): abandoned instead.
+    assert judge(better, now=NOW + 2400 + 8000, **kw).action == "abandon"
 
 
 # ---- decide() ----------------------------------------------------------------------------
@@ -149,6 +151,19 @@ def test_a_canary_without_usable_windows_is_abandoned_and_k_stays() -> None:
     assert d is not None and not d.changed and state.canary is None
     assert [e[1] for e in d.events] == ["CanaryAbandoned"]
     assert not state.rejected
+
+
+def test_a_canary_ends_even_while_the_main_replicas_window_is_below_the_evidence_gate(
+) -> None:
+    state, _ = _started()
+    thin = timed(3, 0.9, 4, 12.0, drafts=100)
+    d = None
+    for i in range(1, 40):
+        d = decide(CANARY, state, thin, now=NOW + 300 * i)
+        state = d.state
+        if state.canary is None:
+            break
+    assert d is not None and [e[1] for e in d.events] == ["CanaryAbandoned"]
 
 
 def test_turning_canary_mode_off_removes_a_running_canary() -> None:

@@ -73,11 +73,13 @@ def judge(c: Verification, *, now: float, after_seconds: float, min_windows: int
     # history-level prediction (a flapping load's phase must not decide alone).
     samples = [(t, c.predicted + g - e) for t, g, e in c.samples]
     age = now - c.time
+    # A canary that yields no usable window for this long (its pod never got ready, no
+    # traffic; or tuning was paused meanwhile: its samples are stale) must not hold the
+    # deployment in two Ks for ever, nor be judged on old evidence.
+    last = samples[-1][0] if samples else c.time
+    if now - last > 4 * max(after_seconds, window_seconds):
+        return Verdict("abandon", windows=len(samples))
     if age < after_seconds or len(samples) < max(1, min_windows):
-        # A canary that never yields enough windows (its pod never got ready, no traffic)
-        # must not hold the deployment in two Ks for ever.
-        if age > 4 * max(after_seconds, window_seconds):
-            return Verdict("abandon", windows=len(samples))
         return Verdict("wait", windows=len(samples))
     mean, se, _ = summary(samples, window_seconds)
     upper = mean + z * se

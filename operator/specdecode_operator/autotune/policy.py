@@ -44,6 +44,7 @@ REFIT_SECONDS = 1800.0       # refit the cost model at most this often (and on a
 REFITS_PER_REGIME = 6        # ... or this often per regimeSeconds (compressed-time settings)
 MAX_LIFE_SECONDS = 12 * 3600.0
 LONG_FACTOR = 4.0            # the day-scale load history: recurring spikes stay in view
+ACCEPTANCE_HORIZON = 0.5     # of regimeSeconds: the acceptance history's time constant
 PROBE_MIN_WINDOWS = 6.0      # windows of step-time evidence before a probe
 OUTCOMES = 10
 
@@ -822,7 +823,8 @@ def _decide(
     if k != OFF and window.drafts > 0 and len(window.accepted_per_pos) == k:
         acc, dr = regime.update_acceptance(acc, dr, state.history_time, window.drafts,
                                            window.accepted_per_pos, now=now,
-                                           window_seconds=window.seconds, horizon=horizon / 2)
+                                           window_seconds=window.seconds,
+                                           horizon=ACCEPTANCE_HORIZON * horizon)
     # A lasting shift of the load (longer than any spike should matter) restarts the load
     # histories from it, instead of letting them catch up over hours.
     since, away, direction, shifted = regime.shift(
@@ -844,6 +846,12 @@ def _decide(
                     shift_event=shift_note)
     if shifted:
         state = replace(state, pending_k=None, pending_count=0, pending_since=None)
+
+    # A running canary is judged first: its windows carry their own evidence (a thin one
+    # only widens its standard error), and one that never yields any must still end.
+    if state.canary is not None:
+        return replace(_canary_step(s, state, window, canary_window, model, now),
+                       cost_source=source)
 
     # Evidence gate: never act on a handful of drafts.
     if k != OFF and (window.drafts < s.min_drafts or window.requests < s.min_requests):
@@ -868,10 +876,7 @@ def _decide(
     else:
         return _keep(k, state, "speculation is off and no acceptance was ever measured", **kw)
 
-    # A running canary, then the verification of the last change, before any new idea.
-    if state.canary is not None:
-        return replace(_canary_step(s, state, window, canary_window, model, now),
-                       cost_source=source)
+    # Verification of the last change comes before any new idea.
     state, rb = _verify(s, state, window, survival, model, now)
     if rb is not None:
         return replace(rb, cost_source=source)
