@@ -168,6 +168,11 @@ class Window:
     def tokens_per_second(self) -> float:
         return self.generation_tokens / self.seconds if self.seconds > 0 else 0.0
 
+    def itl_batch(self) -> float:
+        """Running requests per engine step as the latency mean sees them (ITL weights each
+        step by its batch: E[B^2]/E[B]); the spread's factor is bounded at 5."""
+        return self.itl_count / self.steps * (1 + min(self.step_sample().load_cv2, 4.0))
+
     def step_sample(self) -> StepSample:
         # The spread of B over busy time only: idle samples (B = 0) have no engine steps and
         # no latency observations, so they do not shift where the ITL mean sees T.
@@ -607,8 +612,7 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
         window.step_sample(), now=now, last_change=v.time, window_seconds=s.window_seconds)
     if window.k == v.k_to and usable is not None:
         t_new = 1000.0 * window.itl_sum / window.itl_count
-        sample = window.step_sample()
-        b = window.itl_count / window.steps * (1 + min(sample.load_cv2, 4.0))
+        b = window.itl_batch()
         prefill = max(0.0, window.prompt_tokens) / window.steps
         l_new = 1.0 + window.accepted / window.drafts if window.drafts > 0 and v.k_to else 1.0
         long_s = _long_survival(state, v.k_from, window, max(v.k_from, 1))
@@ -688,9 +692,8 @@ def _side(w: Window) -> Side | None:
     if not all(math.isfinite(v) and v > 0 for v in (w.itl_sum, w.itl_count, w.steps)):
         return None
     length = 1.0 + w.accepted / w.drafts if w.k != OFF and w.drafts > 0 else 1.0
-    cv2 = w.step_sample().load_cv2
     return Side(k=w.k, length=length, step_ms=1000.0 * w.itl_sum / w.itl_count,
-                batch=w.itl_count / w.steps * (1 + min(cv2, 4.0)))
+                batch=w.itl_batch())
 
 
 def _canary_step(s: Settings, state: State, window: Window, canary_window: Window | None,
