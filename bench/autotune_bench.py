@@ -2,14 +2,15 @@
 restart-aware oracle.
 
     python bench/autotune_bench.py [--quick] [--seeds 1] [--held-out-seeds 101]
+                                   [--replicas 2] [--canary]
 
 Worlds (bench/autotune_worlds.py): step costs from runtime/specdecode_runtime/hardware.py
 (MoE, dense with an early knee, small GPU, H200 perturbed, and on the held-out set a CPU),
 noisy per-replica counters, day-long traces (stationary, diurnal, shifting and flapping
-mixes, 10-45 min load spikes), 2 replicas with a 5-minute restart each. The tuner sees only
-Prometheus windows (10 min, every 5 min) and is driven through the operator's own pure
-decide(). Score = tokens served / the oracle's tokens (dynamic programming over K with the
-restart cost, knowing the future).
+mixes, 10-45 min load spikes), 2 replicas (--replicas N) with a 5-minute restart each, one
+at a time. The tuner sees only Prometheus windows (10 min, every 5 min) and is driven
+through the operator's own pure decide(). Score = tokens served / the oracle's tokens
+(dynamic programming over K with the restart cost, knowing the future).
 
 Columns per hardware x scenario: fixed K=5, the best fixed K in hindsight, the tuner (with
 changes/day and rollbacks), the tuner with the H200 prior only (no calibration), and the
@@ -55,7 +56,7 @@ K_MIN = 1
 INITIAL_K = 5
 EVAL_EVERY = 5            # minutes between evaluations (autotune.intervalSeconds = 300)
 WINDOW_STEPS = 10         # autotune.windowSeconds = 600
-ROLLOUT_STEPS = int(REPLICAS * RESTART_SECONDS / DT)
+RESTART_STEPS = int(RESTART_SECONDS / DT)   # one replica's restart, in world steps
 T0 = 1_800_000_000.0
 
 
@@ -100,19 +101,17 @@ def restart_cost(tr: Trace, t: int, r: int, k_old: int, k_new: int) -> float:
                                     + replica_tokens_per_second(tr, t, r, k_new))
 
 
-CANARY_REPLICA = REPLICAS - 1
-CANARY_RESTART_STEPS = int(RESTART_SECONDS / DT)
-
-
 def run_tuner(tr: Trace, settings: Settings, seed: int) -> Run:
     """One day of the tuner driving the world. In canary mode (``settings.canary``) a change
-    first runs on replica CANARY_REPLICA while the others keep K; the tuner then sees the two
+    first runs on the last replica while the others keep K; the tuner then sees the two
     Ks as two windows at the same time, as Prometheus groups them by the draft_tokens label."""
     rng = random.Random(seed)
     k, state, since = INITIAL_K, State(), 0
     canary: int | None = None
     canary_since = 0
-    main = [r for r in range(REPLICAS) if r != CANARY_REPLICA]
+    canary_replica = tr.replicas - 1
+    main = [r for r in range(tr.replicas) if r != canary_replica]
+    rollout_steps = tr.replicas * RESTART_STEPS   # rolling: one replica at a time
     out = Run()
     change_log: list[tuple[int, int, int, float]] = []   # (step, from, to, predicted)
     for t in range(STEPS):
@@ -120,7 +119,7 @@ def run_tuner(tr: Trace, settings: Settings, seed: int) -> Run:
             out.tokens += tr.th[t][k] * DT
         else:
             out.tokens += DT * (sum(replica_tokens_per_second(tr, t, r, k) for r in main)
-                                + replica_tokens_per_second(tr, t, CANARY_REPLICA, canary))
+                                + replica_tokens_per_second(tr, t, canary_replica, canary))
         if t % EVAL_EVERY != EVAL_EVERY - 1 or t + 1 - since < 1:
             continue
         w = observe(tr, rng, k, max(since, t + 1 - WINDOW_STEPS), t + 1,
@@ -128,13 +127,13 @@ def run_tuner(tr: Trace, settings: Settings, seed: int) -> Run:
         if w is None:
             continue
         cw = observe(tr, rng, canary, max(canary_since, t + 1 - WINDOW_STEPS), t + 1,
-                     replicas=[CANARY_REPLICA]) if canary is not None else None
+                     replicas=[canary_replica]) if canary is not None else None
         d = decide(settings, state, w, now=T0 + (t + 1) * DT, canary_window=cw)
         state = d.state
         out.sources.add(d.cost_source)
         if canary is None and d.canary_k is not None:          # a canary starts
-            out.tokens -= restart_cost(tr, t, CANARY_REPLICA, k, d.canary_k)
-            canary, canary_since = d.canary_k, t + 1 + CANARY_RESTART_STEPS
+            out.tokens -= restart_cost(tr, t, canary_replica, k, d.canary_k)
+            canary, canary_since = d.canary_k, t + 1 + RESTART_STEPS
             out.changes += 1
             continue
         if canary is not None and d.canary_k is None:          # ... and ends
@@ -142,11 +141,11 @@ def run_tuner(tr: Trace, settings: Settings, seed: int) -> Run:
                 for r in main:
                     out.tokens -= restart_cost(tr, t, r, k, d.k_to)
                 change_log.append((t, k, d.k_to, d.predicted_gain or 0.0))
-                k, since = d.k_to, t + 1 + CANARY_RESTART_STEPS * len(main)
+                k, since = d.k_to, t + 1 + RESTART_STEPS * len(main)
             else:           # removed: the canary replica goes back to K
-                out.tokens -= restart_cost(tr, t, CANARY_REPLICA, canary, k)
+                out.tokens -= restart_cost(tr, t, canary_replica, canary, k)
                 out.rollbacks += 1
-                since = t + 1 + CANARY_RESTART_STEPS
+                since = t + 1 + RESTART_STEPS
             canary = None
             continue
         if d.changed:
@@ -154,10 +153,10 @@ def run_tuner(tr: Trace, settings: Settings, seed: int) -> Run:
             change_log.append((t, k, d.k_to, d.predicted_gain or 0.0))
             out.changes += 1
             out.rollbacks += d.rollback
-            k, since = d.k_to, t + 1 + ROLLOUT_STEPS
+            k, since = d.k_to, t + 1 + rollout_steps
     for i, (t, a, b, pred) in enumerate(change_log):
         end = min(STEPS, t + 180, change_log[i + 1][0] if i + 1 < len(change_log) else STEPS)
-        lo = t + 1 + ROLLOUT_STEPS
+        lo = t + 1 + rollout_steps
         if end - lo < 10 or pred == 0.0:
             continue   # rollbacks carry no prediction; too short to judge
         real = sum(tr.th[j][b] for j in range(lo, end)) / sum(tr.th[j][a] for j in range(lo, end))
@@ -186,8 +185,9 @@ COLS = ["fixed K=5", "best fixed", "tuner", "prior only"]
 
 def run_set(name: str, scenarios: list[Scenario], hardware: list[str], seeds: list[int],
             settings: Settings, with_prior: bool = True) -> dict[str, list[float]]:
-    mode = f", canary mode on replica {CANARY_REPLICA + 1} of {REPLICAS}" \
-        if settings.canary else ""
+    n_rep = settings.replicas
+    mode = (f", canary mode on replica {n_rep} of {n_rep}" if settings.canary
+            else f", {n_rep} replicas" if n_rep != REPLICAS else "")
     print(f"\n== {name} (seeds {','.join(map(str, seeds))}{mode}) ==")
     print(f"{'hardware':17s}{'scenario':18s}{'fixed K=5':>10s}{'best fixed':>15s}"
           f"{'tuner':>20s}{'prior only':>16s}{'pred err':>10s}{'cal err':>9s}{'prior err':>10s}")
@@ -196,14 +196,14 @@ def run_set(name: str, scenarios: list[Scenario], hardware: list[str], seeds: li
     for hw in hardware:
         for sc in scenarios:
             for seed in seeds:
-                tr = make_trace(sc, hw, seed)
+                tr = make_trace(sc, hw, seed, replicas=n_rep)
                 best = oracle(tr, sc.allow_off)
                 fx = {k: fixed(tr, k) for k in range(K_MIN, K_MAX + 1)}
                 kb = max(fx, key=lambda k: fx[k])
                 st = Settings(k_min=K_MIN, k_max=K_MAX, allow_off=sc.allow_off,
                               window_seconds=WINDOW_STEPS * DT, initial_k=INITIAL_K,
                               restart_cost_seconds=settings.restart_cost_seconds,
-                              canary=settings.canary, replicas=REPLICAS)
+                              canary=settings.canary, replicas=n_rep)
                 tuned = run_tuner(tr, st, seed)
                 prior_only = run_tuner(tr, Settings(
                     k_min=K_MIN, k_max=K_MAX, allow_off=sc.allow_off,
@@ -251,9 +251,14 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="development set only")
     ap.add_argument("--canary", action="store_true",
                     help="canary mode: every change runs on one replica first")
+    ap.add_argument("--replicas", type=int, default=REPLICAS,
+                    help="pods per deployment (the load per pod stays the scenario's)")
     args = ap.parse_args()
+    if args.replicas < 1 or (args.canary and args.replicas < 2):
+        ap.error("--replicas must be >= 1 (>= 2 with --canary)")
     started = time.perf_counter()
-    base = Settings(restart_cost_seconds=RESTART_SECONDS, canary=args.canary)
+    base = Settings(restart_cost_seconds=RESTART_SECONDS, canary=args.canary,
+                    replicas=args.replicas)
     results = {"development": run_set("development set", DEV, DEV_HARDWARE,
                                       [int(s) for s in args.seeds.split(",")], base)}
     if not args.quick:

@@ -33,7 +33,7 @@ from specdecode_runtime.hardware import Hardware, profile  # noqa: E402
 DT = 60.0                  # world resolution (s)
 STEPS = 24 * 60            # one day
 K_MAX = 12
-REPLICAS = 2
+REPLICAS = 2               # default; --replicas in the bench changes it per run
 RESTART_SECONDS = 300.0    # per replica; rolling, one replica at a time
 TOKENS_PER_REQUEST = 350.0
 PREFILL_PER_REQUEST = 120.0  # prompt tokens computed per request (prefix cache absorbs most)
@@ -211,13 +211,18 @@ class Trace:
     th: list[list[float]]              # [step][k] tokens/s over all replicas
     replica_f: list[float]
 
+    @property
+    def replicas(self) -> int:
+        return len(self.replica_f)
 
-def make_trace(sc: Scenario, hw_name: str, seed: int) -> Trace:
+
+def make_trace(sc: Scenario, hw_name: str, seed: int, replicas: int = REPLICAS) -> Trace:
+    """One day of ``sc`` on ``hw_name`` with ``replicas`` pods; the load is per replica."""
     hw = profile(hw_name)
     rng = random.Random(f"{sc.name}:{hw_name}:{seed}")
     mix_rng = random.Random(f"{sc.name}:mix:{seed}")
-    replica_f = [rng.uniform(0.97, 1.03) for _ in range(REPLICAS)]
-    imbalance = [rng.uniform(0.9, 1.1) for _ in range(REPLICAS)]
+    replica_f = [rng.uniform(0.97, 1.03) for _ in range(replicas)]
+    imbalance = [rng.uniform(0.9, 1.1) for _ in range(replicas)]
     ss, bs, ts, ths = [], [], [], []
     for step in range(STEPS):
         h = step * DT / 3600
@@ -226,7 +231,7 @@ def make_trace(sc: Scenario, hw_name: str, seed: int) -> Trace:
         load = sc.load(h, rng)
         b = [max(1.0, load * f) for f in imbalance]
         t_r, th = [], [0.0] * (K_MAX + 1)
-        for r in range(REPLICAS):
+        for r in range(replicas):
             row = []
             for k in range(K_MAX + 1):
                 lk = 1 + sum(sv[k][:k])
@@ -254,7 +259,7 @@ def observe(tr: Trace, rng: random.Random, k: int, start: int, end: int,
     (``replicas``: the ones that run k; all by default)."""
     if end - start < 1:
         return None
-    reps = list(range(REPLICAS)) if replicas is None else replicas
+    reps = list(range(tr.replicas)) if replicas is None else replicas
     drafts = gen = itl_sum = itl_count = steps = prompt = 0.0
     per_pos = [0.0] * k
     gauges: list[list[float]] = [[] for _ in reps]
