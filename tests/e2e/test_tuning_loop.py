@@ -10,13 +10,9 @@ generator's retry rule allows (see ``max_errors_per_rollout``).
 
 from __future__ import annotations
 
-import calendar
 import itertools
 import json
-import math
-import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,33 +20,13 @@ import yaml
 
 from specdecode_runtime.demo import NAME, NAMESPACE, LoadThread, Stack, demo_sdd
 from specdecode_runtime.loadgen import LoadGenerator
-from specdecode_runtime.localplane import LocalPlane
 
-from ..kube_helpers import events, get_json, wait_for
+from ..kube_helpers import get_json, wait_for
+from .helpers import k_changes, max_errors_per_rollout, pods_at, ready, running_k
 
 pytestmark = pytest.mark.plane
 SHIFT_AT = 80.0
 CONCURRENCY = 24
-
-
-def max_errors_per_rollout(concurrency: int) -> int:
-    """Requests a rolling restart may fail. When the old pod stops, each worker loses at most
-    its one in-flight request, then keeps choosing among addresses whose /health answered in
-    the last second (LoadGenerator._ready caches it 1 s) and backs off 0.3 s per error: at
-    most 1 + ceil(1.0 / 0.3) = 5 errors per worker and rollout before the dead address drops
-    out. Measured on 2 shared cores: 9 errors over 2 rolling restarts (K 3 -> 6 -> 3, 1804
-    requests); the bound is the worst case of that rule, not a fit to one run."""
-    return concurrency * (1 + math.ceil(1.0 / 0.3))
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(tmp_path / "stack")
-    try:
-        s.start(log=lambda *_: None)
-        yield s
-    finally:
-        s.stop()
 
 
 REASONS: list[str] = []   # the tuner's decisions as seen, for a failure's message
@@ -88,22 +64,11 @@ def test_k_follows_the_workload_through_rolling_restarts(stack: Stack, tmp_path:
         up = wait_for("K raised under the code workload", lambda: (
             k := current_k(stack)) and k > 3 and k, timeout=max(1.0, shift - time.time()))
 
-        def pods_at(k: int) -> list[dict]:
-            pods = get_json(plane, "pods", "-n", NAMESPACE, "-l",
-                            f"specdecode.io/deployment={NAME},specdecode.io/draft-tokens={k}")
-            return [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
-
         # A rolling restart: a new pod at the new K really runs the stand-in with that K.
         pod = wait_for(f"a Ready pod at K={up}", lambda: [
-            p for p in pods_at(up) if any(c["type"] == "Ready" and c["status"] == "True"
-                                          for c in p["status"].get("conditions", []))],
-            timeout=60)[0]
-        state = stack.runner.pod_state(NAMESPACE, pod["metadata"]["name"])
-        assert state is not None
-        cmdline = Path(f"/proc/{state['pid']}/cmdline").read_bytes().split(b"\0")
-        cfg = json.loads(cmdline[cmdline.index(b"--speculative-config") + 1])
-        assert cfg["num_speculative_tokens"] == up
-        wait_for("the K=3 pods gone", lambda: not pods_at(3), timeout=60)
+            p for p in pods_at(plane, up) if ready(p)], timeout=60)[0]
+        assert running_k(stack, pod) == up
+        wait_for("the K=3 pods gone", lambda: not pods_at(plane, 3), timeout=60)
 
         # Creative prose: acceptance collapses -> K comes down (from wherever it went).
         down = wait_for("K lowered after the shift", lambda: (
@@ -139,16 +104,3 @@ def test_k_follows_the_workload_through_rolling_restarts(stack: Stack, tmp_path:
         raise AssertionError(f"{e}; decisions seen: {REASONS}") from None
     finally:
         load.stop()
-
-
-def k_changes(plane: LocalPlane) -> list[tuple[int, int, float]]:
-    """(from, to, time) of every K change, from the operator's DraftTokensChanged (and, for a
-    change that verification undid, DraftTokensRolledBack) events
-    (status.autotune.history keeps only the last few decisions)."""
-    out = []
-    for e in events(plane, NAMESPACE, NAME):
-        m = re.search(r"K (\d+) -> (\d+|off)", e["message"])
-        if e["reason"] in ("DraftTokensChanged", "DraftTokensRolledBack") and m:
-            t = calendar.timegm(time.strptime(e["firstTimestamp"], "%Y-%m-%dT%H:%M:%SZ"))
-            out += [(int(m.group(1)), 0 if m.group(2) == "off" else int(m.group(2)), t)]
-    return sorted(out, key=lambda c: c[2])
