@@ -51,11 +51,12 @@ DEMO_HARDWARE = "small-gpu"
 
 def demo_sdd(epoch: float, shift_at: float, interval: int, window: int,
              cooldown: int, hardware_name: str = DEMO_HARDWARE,
-             cost_model: str = "Prior") -> dict[str, Any]:
+             cost_model: str = "Prior", canary: bool = False) -> dict[str, Any]:
     """The embedded default: Gemma 4 31B + assistant drafter, tuned on short windows, served
-    by stand-in pods that play ``hardware_name`` (a name from specdecode_runtime.hardware)."""
+    by stand-in pods that play ``hardware_name`` (a name from specdecode_runtime.hardware).
+    ``canary``: 2 replicas in canary mode (each change runs on one replica first)."""
     hardware.profile(hardware_name)  # unknown names fail here, not in every pod
-    return {
+    doc = {
         "apiVersion": "specdecode.io/v1alpha1",
         "kind": "SpecDecodeDeployment",
         "metadata": {"name": NAME, "namespace": NAMESPACE},
@@ -94,6 +95,10 @@ def demo_sdd(epoch: float, shift_at: float, interval: int, window: int,
             },
         },
     }
+    if canary:
+        doc["spec"]["replicas"] = 2
+        doc["spec"]["autotune"]["canary"] = {"enabled": True}
+    return doc
 
 
 @dataclass
@@ -234,7 +239,8 @@ def sample(stack: Stack, t: float, workload: str,
     cost_model = autotune.get("costModel")
     return {
         "t": round(t, 1), "workload": workload, "k": dtk.get("current"),
-        "recommended": dtk.get("recommended"), "acceptance": acc, "mean_length": length,
+        "canary": dtk.get("canary"), "recommended": dtk.get("recommended"),
+        "acceptance": acc, "mean_length": length,
         "tokens_per_s": tps, "ready": st.get("readyReplicas", 0),
         "decision": last.get("reason", ""), "changes": len(autotune.get("changes") or []),
         "batch": batch, "step_ms": None if step_s is None else 1000 * step_s,
@@ -250,7 +256,8 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def line(row: dict[str, Any]) -> str:
-    return (f"t={row['t']:6.0f}s  {row['workload']:8s} K={row['k']!s:>2} "
+    canary = f" canary={row['canary']}" if row.get("canary") is not None else ""
+    return (f"t={row['t']:6.0f}s  {row['workload']:8s} K={row['k']!s:>2}{canary} "
             f"rec={row['recommended']!s:>2}  acc={_fmt(row['acceptance'], '.2f'):>4}  "
             f"len={_fmt(row['mean_length'], '.2f'):>4}  tok/s={_fmt(row['tokens_per_s'], '.0f'):>5}"
             f"  T={_fmt(row['step_ms'], '.0f'):>3}ms (world {_fmt(row['world_ms'], '.0f')}, "
@@ -282,6 +289,10 @@ def plot(rows: list[dict[str, Any]], shift_at: float, path: Path,
         ax.plot(t, [float("nan") if y is None else y for y in values], color=color,
                 drawstyle="steps-post" if label.startswith("draft") else "default")
         ax.set_ylabel(label)
+    if any(r.get("canary") is not None for r in rows):
+        axes[0].plot(t, ys("canary"), color="tab:red", drawstyle="steps-post",
+                     linestyle=":", label="canary replica's K")
+        axes[0].legend(loc="upper right", fontsize=8)
     if any(r.get("model_tokens_per_s") is not None for r in rows):
         axes[2].plot(t, ys("model_tokens_per_s"), color="tab:blue", linestyle="--",
                      label="tuner's prediction")
@@ -332,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
         stack.plane.kubectl("create", "namespace", NAMESPACE)
         epoch = time.time()
         doc = demo_sdd(epoch, args.shift_at, args.interval, args.window, args.cooldown,
-                       args.hardware, args.cost_model)
+                       args.hardware, args.cost_model, canary=args.canary)
         (workdir / "sdd.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         stack.plane.kubectl("apply", "-f", str(workdir / "sdd.yaml"))
         print(f"applied {workdir / 'sdd.yaml'}: code-heavy traffic now, creative prose from "
@@ -400,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hardware", default=DEMO_HARDWARE, choices=sorted(hardware.PROFILES),
                     help="the step-cost world the stand-in pods play "
                     f"(default {DEMO_HARDWARE}: not the tuner's H200 prior)")
+    ap.add_argument("--canary", action="store_true",
+                    help="2 replicas in canary mode: each change runs on one replica first, "
+                         "judged side by side with the other before it rolls to both")
     return run(ap.parse_args(argv))
 
 

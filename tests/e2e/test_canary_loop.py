@@ -36,10 +36,8 @@ CANARY = f"{NAME}-canary"
 
 def canary_sdd(epoch: float) -> dict[str, Any]:
     """The demo's SDD on 2 replicas in canary mode, code traffic all along."""
-    doc = demo_sdd(epoch, shift_at=24 * 3600.0, interval=5, window=30, cooldown=20)
-    doc["spec"]["replicas"] = 2
-    doc["spec"]["autotune"]["canary"] = {"enabled": True}
-    return doc
+    return demo_sdd(epoch, shift_at=24 * 3600.0, interval=5, window=30, cooldown=20,
+                    canary=True)
 
 
 def test_a_canary_on_one_stand_in_replica_is_promoted_to_all(stack: Stack) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from specdecode_runtime.demo import DEMO_HARDWARE, demo_sdd, plot, predicted_step_ms
+from specdecode_runtime.demo import DEMO_HARDWARE, demo_sdd, line, plot, predicted_step_ms
 
 
 def test_the_demo_pods_play_a_world_that_is_not_the_h200() -> None:
@@ -17,6 +17,24 @@ def test_the_demo_pods_play_a_world_that_is_not_the_h200() -> None:
     assert env["SPECDECODE_SIM_HARDWARE"] == "moe"
     with pytest.raises(ValueError, match="unknown hardware"):
         demo_sdd(0.0, 180, 5, 30, 60, "a100")
+
+
+def test_canary_demo_runs_two_replicas_in_canary_mode() -> None:
+    plain = demo_sdd(0.0, 180, 5, 30, 60)["spec"]
+    assert plain["replicas"] == 1 and "canary" not in plain["autotune"]
+    spec = demo_sdd(0.0, 180, 5, 30, 60, canary=True)["spec"]
+    assert spec["replicas"] == 2 and spec["autotune"]["canary"] == {"enabled": True}
+    # Everything else is the plain demo's.
+    spec.pop("replicas"), plain.pop("replicas"), spec["autotune"].pop("canary")
+    assert spec == plain
+
+
+def test_the_status_line_shows_a_running_canary() -> None:
+    row = {"t": 12.0, "workload": "code", "k": 3, "recommended": 6, "acceptance": 0.8,
+           "mean_length": 3.1, "tokens_per_s": 900.0, "step_ms": 60.0, "world_ms": 61.0,
+           "model_ms": None, "ready": 2, "decision": "canary: K 6 on 1 of 2 replicas"}
+    assert "canary" not in line(row).split("|")[0]
+    assert "K= 3 canary=6 " in line({**row, "canary": 6})
 
 
 def test_the_cost_model_is_read_defensively() -> None:
@@ -41,4 +59,7 @@ def test_plot_has_the_calibration_panel_with_or_without_a_model(tmp_path: Path) 
     for r in rows:
         r["model_ms"] = None
     assert plot(rows, 5.0, tmp_path / "b.png") == tmp_path / "b.png"
+    for i, r in enumerate(rows):
+        r["canary"] = 4 if 2 <= i < 5 else None
+    assert plot(rows, 5.0, tmp_path / "c.png") == tmp_path / "c.png"
     assert (tmp_path / "a.png").stat().st_size > 10_000
