@@ -18,6 +18,17 @@ class Observed:
     gpu_resource: str
     nodes_offering_gpu: int | None  # None: not checked (no pod was unschedulable)
     apply_error: str | None = None
+    canary: dict[str, Any] | None = None    # the live canary Deployment (canary mode)
+    canary_wanted: bool = False             # the autotuner runs a canary now
+
+
+def _counts(dep: dict[str, Any] | None) -> tuple[int, int, int]:
+    """(replicas, ready, updated) of a live Deployment (0s: absent or being deleted)."""
+    if not dep or (dep.get("metadata") or {}).get("deletionTimestamp"):
+        return 0, 0, 0
+    st = dep.get("status") or {}
+    return (int(st.get("replicas") or 0), int(st.get("readyReplicas") or 0),
+            int(st.get("updatedReplicas") or 0))
 
 
 def _condition(type_: str, status: bool, reason: str, message: str) -> dict[str, Any]:
@@ -61,15 +72,22 @@ def conditions(sdd: dict[str, Any], desired_replicas: int, obs: Observed) -> lis
     stuck = (deadline.get("status") == "False"
              and deadline.get("reason") == "ProgressDeadlineExceeded")
 
+    # A running canary serves one of the SDD's replicas: it counts towards Ready, and until
+    # its pod is ready the SDD is one replica short, as in a rolling restart.
+    _, can_ready, _ = _counts(obs.canary)
+    can_want = 1 if obs.canary_wanted else 0
     out = []
-    if desired_replicas == 0:
+    if desired_replicas + can_want == 0:
         out.append(_condition("Ready", False, "ScaledToZero", "spec.replicas is 0"))
-    elif ready >= desired_replicas and not rolling:
+    elif ready >= desired_replicas and not rolling and can_ready >= can_want:
         out.append(_condition("Ready", True, "AllReplicasReady",
-                              f"{ready}/{desired_replicas} replicas ready"))
+                              f"{ready + can_ready}/{desired_replicas + can_want} replicas "
+                              "ready" + (" (one is the canary)" if can_want else "")))
     else:
-        out.append(_condition("Ready", False, "ReplicasNotReady",
-                              f"{ready}/{desired_replicas} replicas ready, {updated} updated"))
+        out.append(_condition(
+            "Ready", False, "ReplicasNotReady",
+            f"{ready + can_ready}/{desired_replicas + can_want} replicas ready, {updated} "
+            "updated" + (f" (canary: {can_ready}/1 ready)" if can_want else "")))
 
     if stuck:
         out.append(_condition("Progressing", False, "ProgressDeadlineExceeded",
@@ -125,11 +143,14 @@ def status(
     old = sdd.get("status") or {}
     st = (obs.deployment or {}).get("status") or {}
     name = sdd["metadata"]["name"]
+    # Pod counts over the main Deployment and a live canary one: the SDD's pods (its
+    # scale subresource's status.replicas, and its selector, cover both).
+    can = _counts(obs.canary)
     out: dict[str, Any] = {
         "observedGeneration": sdd["metadata"].get("generation"),
-        "replicas": int(st.get("replicas") or 0),
-        "readyReplicas": int(st.get("readyReplicas") or 0),
-        "updatedReplicas": int(st.get("updatedReplicas") or 0),
+        "replicas": int(st.get("replicas") or 0) + can[0],
+        "readyReplicas": int(st.get("readyReplicas") or 0) + can[1],
+        "updatedReplicas": int(st.get("updatedReplicas") or 0) + can[2],
         "selector": f"{LABEL_SDD}={label_value(name)}",
         "conditions": merge_transition_times(
             conditions(sdd, desired_replicas, obs), old.get("conditions") or [], now),

@@ -685,9 +685,10 @@ def status_schema() -> dict[str, Any]:
         {
             "observedGeneration": integer("Last spec generation the operator acted on (0: "
                                           "not yet looked at)."),
-            "replicas": integer("Pods of the current Deployment."),
-            "readyReplicas": integer("Ready pods."),
-            "updatedReplicas": integer("Pods running the current template (current K)."),
+            "replicas": integer("Pods of the SDD's Deployments (in canary mode the canary's "
+                                "too)."),
+            "readyReplicas": integer("Ready pods (the canary's included)."),
+            "updatedReplicas": integer("Pods running their Deployment's current template."),
             "selector": string("Label selector of the pods (for the scale subresource)."),
             "draftTokens": obj("Draft length state.", {
                 "current": integer("K the Deployment runs now (rendered by the operator from "

@@ -104,7 +104,7 @@ def plan(sdd: dict[str, Any], view: api.SpecView, obs: Observation,
     observed = conditions.Observed(
         deployment=obs.children.get("Deployment"), pods=obs.pods,
         gpu_resource=view.gpu_resource, nodes_offering_gpu=obs.nodes_offering_gpu,
-        apply_error=obs.apply_error)
+        apply_error=obs.apply_error, canary=obs.canary, canary_wanted=canary is not None)
     bounds = view.bounds
     status = conditions.status(
         sdd, desired_replicas=view.replicas - (1 if canary is not None else 0), k=cur.k,

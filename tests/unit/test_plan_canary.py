@@ -112,3 +112,32 @@ def test_unschedulable_pods_free_the_canarys_gpu_at_once() -> None:
     p = run(ended, {"Deployment": live(main_now, replicas=3, updated=2)},
             live(deps["m-canary"], replicas=1, updated=1), pods=[pending])
     assert [d.name for d in p.deletes] == ["m-canary"] and "unschedulable" in p.deletes[0].why
+
+
+def test_the_status_counts_the_canarys_pod_with_the_others() -> None:
+    deps = by_name(run(sdd(SPEC, status())))
+    main = live(deps["m"], replicas=2, updated=2)
+
+    def ready(p: Plan) -> dict[str, Any]:
+        assert p.status is not None
+        return next(c for c in p.status["conditions"] if c["type"] == "Ready")
+
+    # The canary's pod is not ready yet: the SDD serves 2 of its 3 replicas.
+    starting = run(sdd(SPEC, status()), {"Deployment": main},
+                   live(deps["m-canary"], replicas=1, updated=0))
+    assert starting.status is not None
+    assert (starting.status["replicas"], starting.status["readyReplicas"]) == (3, 2)
+    assert ready(starting)["status"] == "False" and "2/3" in ready(starting)["message"]
+    # Its Deployment not even created yet: the same.
+    assert ready(run(sdd(SPEC, status()), {"Deployment": main}))["status"] == "False"
+    # Ready: all 3 count, one of them the canary.
+    up = run(sdd(SPEC, status()), {"Deployment": main},
+             live(deps["m-canary"], replicas=1, updated=1))
+    assert up.status is not None
+    assert (up.status["replicas"], up.status["readyReplicas"]) == (3, 3)
+    assert ready(up)["status"] == "True" and "3/3" in ready(up)["message"]
+    # Without canary mode the counts are the main Deployment's alone.
+    plain = run(sdd({**SPEC, "autotune": {}}, status(None)),
+                {"Deployment": live(deps["m"], replicas=3, updated=3)})
+    assert plain.status is not None and plain.status["readyReplicas"] == 3
+    assert ready(plain)["status"] == "True" and "canary" not in ready(plain)["message"]
