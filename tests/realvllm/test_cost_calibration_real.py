@@ -6,7 +6,8 @@ Real vLLM (CPU) serves the tiny target with the noisy drafter at K=3 in Recommen
 changes, so every window is at one K). Closed-loop clients hold the concurrency at 1, then 4,
 then 2 requests: the windows trace the step time against tokens per step, the tuner fits its
 roofline to them, and the last level is between two levels it has seen. The comparison is
-made once per level, on the first decision whose whole window lies inside the level. The
+made on the first decision whose whole window lies inside each level, and at the last level
+on two more, half a window apart; the median of those three is asserted. The
 measured tokens/s is PromQL over the pod's own counter (``vllm:generation_tokens_total``), at
 the time the decision was taken, over the decision's window. The H200 table's prediction for
 the same K and load is printed beside it: a CPU is nothing like an H200.
@@ -51,6 +52,7 @@ PHASES = (1, 4, 2)           # concurrent requests per load level
 # may lag by one interval.
 SETTLE = 6.0
 TOLERANCE = 0.15             # the bound on |predicted / measured - 1|
+LAST_SAMPLES = 3             # decisions compared at the last level (the median is asserted)
 
 
 def at_time(prometheus: PrometheusServer, promql: str, t: float) -> float:
@@ -168,6 +170,17 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
                            clean_decision, timeout=WINDOW + SETTLE + 60)
             samples.append(measure(prometheus, ns, name, clients, sdd))
             print(samples[-1].line(), flush=True)
+            if clients != PHASES[-1]:
+                continue
+            for _ in range(LAST_SAMPLES - 1):
+                # Later decisions at the last level, half a window apart.
+                after = samples[-1].time + WINDOW / 2
+                sdd = wait_for(f"a later decision at {clients} clients", lambda after=after: (
+                    (d := clean_decision()) and epoch(d["status"]["autotune"]["lastDecision"]
+                                                      ["time"]) >= after and d),
+                    timeout=WINDOW + 60)
+                samples.append(measure(prometheus, ns, name, clients, sdd))
+                print(samples[-1].line(), flush=True)
     finally:
         load.stop()
     assert not load.errors, load.errors[:5]
@@ -182,7 +195,11 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
 
     # Recommend mode: the one K all along (every window is evidence at K=3).
     assert deployed_k(plane, ns, name) == K
-    last = samples[-1]
+    final = [x for x in samples if x.clients == PHASES[-1]]
+    assert len(final) == LAST_SAMPLES, final
+    # The median window of the last level: one window's speed is one sample of the shared
+    # machine's drift.
+    last = sorted(final, key=lambda x: x.error)[len(final) // 2]
     # Calibrated: fitted to this deployment's latency series, not the H200 table.
     assert last.source == "Calibrated", last.line() + "\n" + last.reason
     # Fitted across the load levels: the last level's verify width lies inside the range
@@ -194,6 +211,10 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
     # The last level, between two the fit has seen (the claim: after calibration).
     # The earlier levels are printed, not asserted: on 2 cores shared with other jobs the
     # step time at one load drifts with their load (seen: a third slower within a minute).
+    # Hence the median of three windows half a window apart: the first prediction
+    # interpolates the levels before, the later ones also follow this level's own windows
+    # (the tuner refits on new evidence), so a level that runs slower than the ones before
+    # it is still predicted, as in production, and a one-window stall does not decide.
     assert abs(last.error) <= TOLERANCE, "\n".join(x.line() for x in samples)
     # The table describes an H200: on this CPU it is off by more than the calibrated model
     # (printed above; asserted only as "larger": seen -23 .. -58 %).
