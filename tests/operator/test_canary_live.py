@@ -121,6 +121,16 @@ def test_a_faster_canary_is_promoted_and_its_deployment_deleted_after_the_rollou
         at = get_json(plane, "sdd", "m", "-n", namespace)["status"]["autotune"]
         assert (at["canary"]["from"], at["canary"]["to"]) == (3, k_c)
 
+        def counted() -> dict[str, Any] | None:
+            # The canary's pod serves the SDD too: status counts it, Ready waits for it.
+            st = get_json(plane, "sdd", "m", "-n", namespace)["status"]
+            ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+            return st if st.get("readyReplicas") == 2 and ready["status"] == "True" and \
+                "canary" in ready["message"] else None
+
+        st = wait_for("the canary's pod counted in the SDD's status", counted, timeout=20)
+        assert st["replicas"] == 2 and st["draftTokens"]["canary"] == k_c
+
         def promoted() -> bool:
             st = get_json(plane, "sdd", "m", "-n", namespace)["status"]
             r = st["autotune"]["lastDecision"]["reason"]
