@@ -248,7 +248,7 @@ def run_set(name: str, scenarios: list[Scenario], hardware: list[str], seeds: li
     def pp(v: list[float]) -> str:
         return f"{100 * sum(v) / max(1, len(v)):.1f}pp over {len(v)}"
 
-    # Probes are priced on the model's optimistic side by design: their error is apart.
+    # Probes try a K the model has not measured, where its doubt is widest: apart.
     confident = len(pred) - len(probe)
     rest = 100 * (sum(pred) - sum(probe)) / max(1, confident)
     print(f"tuner vs fixed K=5: worst {worst_vs5:+.1%}; prediction error after a change: "
