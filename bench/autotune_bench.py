@@ -102,6 +102,11 @@ def restart_cost(tr: Trace, t: int, r: int, k_old: int, k_new: int) -> float:
                                     + replica_tokens_per_second(tr, t, r, k_new))
 
 
+def _probe(state: State) -> bool:
+    """Whether the change just made (verified next; a promoted canary keeps its flag) probes."""
+    return state.verify is not None and state.verify.probe
+
+
 def run_tuner(tr: Trace, settings: Settings, seed: int) -> Run:
     """One day of the tuner driving the world. In canary mode (``settings.canary``) a change
     first runs on the last replica while the others keep K; the tuner then sees the two
@@ -114,8 +119,8 @@ def run_tuner(tr: Trace, settings: Settings, seed: int) -> Run:
     main = [r for r in range(tr.replicas) if r != canary_replica]
     rollout_steps = tr.replicas * RESTART_STEPS   # rolling: one replica at a time
     out = Run()
-    change_log: list[tuple[int, int, int, float, bool]] = []   # (step, from, to, predicted,
-    canary_probe = False                                          # probe?)
+    # (step, from, to, predicted, probe?); a change's verification says whether it probes
+    change_log: list[tuple[int, int, int, float, bool]] = []
     for t in range(STEPS):
         if canary is None:
             out.tokens += tr.th[t][k] * DT
@@ -136,14 +141,13 @@ def run_tuner(tr: Trace, settings: Settings, seed: int) -> Run:
         if canary is None and d.canary_k is not None:          # a canary starts
             out.tokens -= restart_cost(tr, t, canary_replica, k, d.canary_k)
             canary, canary_since = d.canary_k, t + 1 + RESTART_STEPS
-            canary_probe = ": probe" in d.reason
             out.changes += 1
             continue
         if canary is not None and d.canary_k is None:          # ... and ends
             if d.changed:   # promoted: the main replicas roll to the canary's K
                 for r in main:
                     out.tokens -= restart_cost(tr, t, r, k, d.k_to)
-                change_log.append((t, k, d.k_to, d.predicted_gain or 0.0, canary_probe))
+                change_log.append((t, k, d.k_to, d.predicted_gain or 0.0, _probe(d.state)))
                 k, since = d.k_to, t + 1 + RESTART_STEPS * len(main)
             else:           # removed: the canary replica goes back to K
                 out.tokens -= restart_cost(tr, t, canary_replica, canary, k)
@@ -153,7 +157,7 @@ def run_tuner(tr: Trace, settings: Settings, seed: int) -> Run:
             continue
         if d.changed:
             out.tokens -= switch_cost(tr, t, k, d.k_to)
-            change_log.append((t, k, d.k_to, d.predicted_gain or 0.0, ": probe" in d.reason))
+            change_log.append((t, k, d.k_to, d.predicted_gain or 0.0, _probe(d.state)))
             out.changes += 1
             out.rollbacks += d.rollback
             k, since = d.k_to, t + 1 + rollout_steps
