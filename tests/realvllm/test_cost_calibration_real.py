@@ -156,17 +156,17 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
     assert_prometheus_has_real_series(prometheus, ns, name, pod["metadata"]["name"], K)
 
     load = ClosedLoop(port, SERVED)
-    for clients in WARMUP_CLIENTS:
-        load.set_clients(clients)
-        time.sleep(WARMUP / len(WARMUP_CLIENTS))
-    sdd = get_json(plane, "sdd", name, "-n", ns)
-    # Paused: no decision and no evidence yet (the fit below starts from the levels only).
-    assert not ((sdd.get("status") or {}).get("autotune") or {}).get("lastDecision"), sdd
-    plane.kubectl("annotate", "sdd", name, "-n", ns, f"{PAUSE_ANNOTATION}-")
     samples: list[Sample] = []
     seen_decisions: dict[str, tuple[str, str]] = {}   # time -> (costModel source, note)
     started = time.monotonic()
     try:
+        for clients in WARMUP_CLIENTS:
+            load.set_clients(clients)
+            time.sleep(WARMUP / len(WARMUP_CLIENTS))
+        sdd = get_json(plane, "sdd", name, "-n", ns)
+        # Paused: no decision and no evidence yet (the fit below starts from the levels only).
+        assert not ((sdd.get("status") or {}).get("autotune") or {}).get("lastDecision"), sdd
+        plane.kubectl("annotate", "sdd", name, "-n", ns, f"{PAUSE_ANNOTATION}-")
         for clients in PHASES:
             load.set_clients(clients)
             begun = time.time()
