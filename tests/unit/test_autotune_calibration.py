@@ -67,6 +67,37 @@ def test_one_k_keeps_the_priors_shape_scaled_and_says_how_sure_it_is() -> None:
     assert m.ratio_se(8, 8, 5) > 0.01
 
 
+def test_below_the_data_an_unseen_knee_is_doubted_not_assumed() -> None:
+    """A compute-bound machine (linear in verify tokens, no knee) seen only above the
+    prior's knee: below the data the fit cannot tell a knee from none. It predicts between
+    the two, and says it is unsure there; inside the data it is unchanged."""
+    def linear_ms(b: float, k: int) -> float:
+        return 5.0 + 1.6 * b * (k + 1) + 0.5 * k
+
+    points: tuple[cal.CalPoint, ...] = ()
+    for i, (k, b) in enumerate((k, b) for k in (2, 3, 5) for b in (40, 60, 90)):
+        p, _ = cal.point_from_sample(sample(k, b, linear_ms(b, k)), now=NOW + 600 * i,
+                                     last_change=None, window_seconds=600)
+        assert p is not None
+        points = cal.add_point(points, p)
+    m = cal.fit(points, now=NOW + 6000)
+    assert m.source == "fitted"
+    assert m.knee <= cal.KNEE_SEEN * m.quality.n_lo     # no point below the knee it chose
+    b, k = 20.0, 1                                       # N = 40: below every point
+    gap = m.knee_gap(b, k)
+    raw = m.raw_ms(b, k)
+    assert gap > 0
+    assert m.step_ms(b, k) == raw - gap / 2              # the mean of the two hypotheses
+    # Closer to the truth than the knee hypothesis alone (which is the prior's shape).
+    assert abs(m.step_ms(b, k) / linear_ms(b, k) - 1) < abs(raw / linear_ms(b, k) - 1)
+    # The doubt shows in the ratio's standard error against an observed K.
+    no_doubt = replace(m, quality=replace(m.quality, n_lo=m.knee / 4))   # data below it
+    assert no_doubt.knee_gap(b, k) == 0.0
+    assert m.ratio_se(b, k, 2) > no_doubt.ratio_se(b, k, 2)
+    # Inside the data nothing changes.
+    assert m.knee_gap(60, 3) == 0.0 and m.step_ms(60, 3) == m.raw_ms(60, 3)
+
+
 def test_bad_evidence_is_skipped_with_a_reason() -> None:
     def why(s: cal.StepSample, last_change: float | None = None) -> str:
         p, reason = cal.point_from_sample(s, now=NOW, last_change=last_change,

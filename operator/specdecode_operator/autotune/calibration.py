@@ -41,6 +41,8 @@ from .step_cost import CostProfile, default_profile
 NAMES = ("floor", "perSeq", "perToken", "hinge", "draftFloor", "draftPerSeq", "ripple")
 P = len(NAMES)
 RIPPLE = NAMES.index("ripple")
+HINGE = NAMES.index("hinge")
+KNEE_SEEN = 1.25   # a knee this close above the lowest observed verify width is not seen
 KNEES = (16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 1024.0, 2048.0)
 # Prior standard deviation of each parameter, relative to its (scaled) prior value: how far
 # another GPU/model may plausibly be from the H200 shape. The drafter's share is wide because
@@ -106,9 +108,25 @@ class CostModel:
     def raw_ms(self, b: float, k: int, prefill: float = 0.0) -> float:
         return sum(a * c for a, c in zip(self.features(b, k, prefill), self.theta, strict=True))
 
+    def knee_gap(self, b: float, k: int, prefill: float = 0.0) -> float:
+        """How much lower T would be below the data if the roofline had no knee there (ms).
+
+        A knee at or below all the observed verify widths is not seen by the data: a fit
+        through points above it puts it wherever the prior does, and below it the prior's
+        memory-bound slope, not the data's, answers (a compute-bound CPU has no knee at all).
+        Below the data both hypotheses fit equally; they differ by the hinge's slope times
+        the distance to the knee."""
+        if self.source != "fitted" or self.quality.n_lo <= 0 or \
+                self.knee > KNEE_SEEN * self.quality.n_lo:
+            return 0.0
+        n = max(1.0, b) * (k + 1) + prefill
+        return max(0.0, self.theta[HINGE]) * max(0.0, min(self.knee, self.quality.n_lo) - n)
+
     def step_ms(self, b: float, k: int, prefill: float = 0.0) -> float:
-        """T(B, k) in milliseconds (never below a tenth of the floor, far outside the data)."""
-        return max(self.raw_ms(b, k, prefill), 0.1 * max(self.theta[0], 0.01))
+        """T(B, k) in milliseconds (never below a tenth of the floor, far outside the data):
+        below the data under an unseen knee, the mean of the knee and no-knee hypotheses."""
+        t = self.raw_ms(b, k, prefill) - 0.5 * self.knee_gap(b, k, prefill)
+        return max(t, 0.1 * max(self.theta[0], 0.01))
 
     def ratio_se(self, b: float, c: int, k: int, prefill_c: float = 0.0,
                  prefill_k: float = 0.0) -> float:
@@ -120,6 +138,13 @@ class CostModel:
                                                    self.features(b, k, prefill_k),
                                                    strict=True)]
         var = sum(g[i] * self.cov[i][j] * g[j] for i in range(P) for j in range(P))
+        # The unseen knee's doubt: the two hypotheses' log ratios differ by d; as an equal
+        # mixture, that is a standard deviation of d / 2.
+        gc, gk = self.knee_gap(b, c, prefill_c), self.knee_gap(b, k, prefill_k)
+        if gc > 0 or gk > 0:
+            d = math.log(max(tc + 0.5 * gc, 1e-9) / max(tc - 0.5 * gc, 1e-9)) - \
+                math.log(max(tk + 0.5 * gk, 1e-9) / max(tk - 0.5 * gk, 1e-9))
+            var += (d / 2) ** 2
         # Capped: beyond ~100% the model knows nothing, and exp() of it must stay finite.
         return min(MAX_RATIO_SE, math.sqrt(max(var, 0.0)))
 
