@@ -651,8 +651,10 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
                            outcomes=(*state.outcomes, out)[-OUTCOMES:]), None
         return state, None
     upper = mean + s.confidence_z * se
-    # Confidently worse goes back (safety); a probe goes back unless it was better.
-    if upper < 0 or (v.probe and mean < 0):
+    # Confidently worse goes back (safety); a probe goes back unless it was better, by the
+    # projection under the load history or as measured at its own windows' load (the
+    # projection rests on the model's load shape, which a probe exists to doubt).
+    if upper < 0 or (v.probe and mean < 0 and raw < 0):
         evidence = (f"K {v.k_to} realized {mean:+.1%} under the load history (upper bound "
                     f"{upper:+.1%}; {raw:+.1%} measured at the load of its {len(v.samples)} "
                     f"windows) vs K {v.k_from}; predicted {v.predicted:+.1%}")
