@@ -601,6 +601,16 @@ def _tuner_state_schema() -> dict[str, Any]:
                              "load": array("Seconds at each load grid point since then.",
                                            number("Seconds."), maxItems=64),
                          }),
+            "mixShift": obj("A departure of acceptance (accepted tokens per draft) from the "
+                            "history's level, under way: held for a third of "
+                            "regimeSeconds, it restarts the acceptance history.", {
+                                "since": integer("When it started (epoch seconds)."),
+                                "direction": integer("1: up, -1: down."),
+                                "accepted": array("Accepted tokens per position since then.",
+                                                  number("Count."), maxItems=32),
+                                "drafts": array("Drafts per position since then.",
+                                                number("Count."), maxItems=32),
+                            }),
         }),
         "verification": obj("The open check of the last change.", {
             "from": integer("K before the change."),

@@ -241,14 +241,14 @@ def test_a_change_that_made_things_worse_is_rolled_back_and_rejected() -> None:
     assert not after.state.rejected
 
 
-def _verify_probe(speedup: float) -> tuple[State, object]:
-    """A probe K 5 -> 3 whose decision expected +5 % at the windows' load but only +1 %
-    under the load history; K 3 runs ``speedup`` times the table's speed."""
+def _verify_probe(speedup: float, at_load: float = 0.05) -> tuple[State, object]:
+    """A probe K 5 -> 3 whose decision expected ``at_load`` at the windows' load but only
+    +1 % under the load history; K 3 runs ``speedup`` times the table's speed."""
     s = Settings(confirmations=1, verify_after_seconds=1800, verify_min_windows=3)
     cost = default_profile()
     state = State(last_change=NOW, changes=(NOW,), verify=Verification(
         k_from=5, k_to=3, time=NOW, predicted=0.01, probe=True,
-        curve=((1.0, 0.05), (512.0, 0.05))))
+        curve=((1.0, at_load), (512.0, at_load))))
     t, d = NOW + 600, None
     while t <= NOW + 3600:
         d = decide(s, state, window(3, 8, t_ms=cost.step_ms(8, 3) / speedup), now=t,
@@ -270,6 +270,11 @@ def test_a_probe_measured_better_at_its_own_load_is_kept() -> None:
     out = state.outcomes[-1]
     assert out.verdict == "kept"
     assert out.realized is not None and out.realized < 0     # projected under the history
+    # Even when the projection is confidently worse (its upper bound below zero): a
+    # measured gain is not a loss the model can overrule.
+    state, d = _verify_probe(1.04, at_load=0.08)
+    assert d is not None and not d.changed and state.outcomes[-1].verdict == "kept"
+    assert not state.rejected
     state, d = _verify_probe(1.0)
     assert d is not None and d.changed and d.rollback and d.k_to == 5
 

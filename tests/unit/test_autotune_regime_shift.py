@@ -197,3 +197,57 @@ def test_the_rebound_probes_upwards_only_where_the_models_point_clears_the_hurdl
     assert down is None
     assert policy._probe(s, 5, sv, loads, _Cheap(), curs, 0.5, frozenset({6, 7}),
                          frozenset(), rebound=True) is None
+
+
+def _run_mix(rates: list[float], k: int = 5) -> tuple[State, list[str]]:
+    """Evaluations every 5 minutes at steady load; each entry is the window's per-position
+    acceptance rate (a new task mix changes it)."""
+    s = Settings(explore=False, mode="Recommend")
+    st, notes, now = State(), [], NOW
+    for a in rates:
+        drafts = 20_000.0
+        sv = iid(a, 16)
+        per_pos = tuple(drafts * x for x in sv[:k])
+        w = Window(k=k, seconds=600, drafts=drafts, draft_tokens=k * drafts,
+                   accepted=sum(per_pos), accepted_per_pos=per_pos,
+                   generation_tokens=drafts * (1 + sum(sv[:k])), requests=500,
+                   load=((8.0, 1.0),))
+        d = decide(s, st, w, now=now)
+        st = d.state
+        notes += [m for _t, r, m in d.events if r == "AcceptanceShifted"]
+        assert (st.mix_since is None) == (st.mix_direction == 0)
+        now += 300
+    return st, notes
+
+
+def _history_rate(st: State, k: int = 5) -> float:
+    per_draft = regime.accepted_per_draft(st.acc_sum, st.acc_drafts, k)
+    assert per_draft is not None
+    return per_draft
+
+
+def test_a_lasting_change_of_the_task_mix_restarts_the_acceptance_history() -> None:
+    base = [0.8] * 72                     # 6 h of one mix
+    new = sum(iid(0.5, 16)[:5])           # accepted per draft under the other mix
+    old = sum(iid(0.8, 16)[:5])
+    # 30 minutes of the other mix (shorter than a third of the 3 h regime): absorbed.
+    st, notes = _run_mix(base + [0.5] * 6 + [0.8] * 12)
+    assert notes == [] and st.mix_since is None
+    assert _history_rate(st) > 0.9 * old
+    # 90 minutes: a new mix; the history is the new mix's own counts, not a blend.
+    st, notes = _run_mix(base + [0.5] * 18)
+    assert len(notes) == 1 and "acceptance shifted down" in notes[0]
+    assert _history_rate(st) == pytest.approx(new, rel=0.01)
+    # Without the rule the history would still remember the old mix after 90 minutes.
+    blended, _ = _run_mix(base + [0.5] * 11)
+    assert _history_rate(blended) > 1.1 * new
+
+
+def test_an_acceptance_shift_under_way_survives_a_restart_of_the_operator() -> None:
+    st, _ = _run_mix([0.8] * 72 + [0.5] * 6)
+    assert st.mix_since is not None and st.mix_direction == -1
+    back = state_from_status({"autotune": state_to_status(st)})
+    assert back.mix_since == pytest.approx(st.mix_since)
+    assert back.mix_direction == -1
+    assert back.mix_acc == pytest.approx(st.mix_acc, rel=1e-3)
+    assert back.mix_drafts == pytest.approx(st.mix_drafts, rel=1e-3)

@@ -209,6 +209,11 @@ class State:
     shift_load: tuple[float, ...] = ()              # ... and what it has been since
     shift_direction: int = 0                        # +1 up, -1 down
     shift_event: str = ""                           # this evaluation saw a shift (not kept)
+    mix_since: float | None = None                  # acceptance left the history's level
+    mix_acc: tuple[float, ...] = ()                 # ... accepted per position since then
+    mix_drafts: tuple[float, ...] = ()              # ... and drafts per position
+    mix_direction: int = 0                          # +1 up, -1 down
+    mix_event: str = ""                             # this evaluation saw a mix shift
     # verification
     verify: Verification | None = None
     last_probe: float | None = None
@@ -651,10 +656,10 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
                            outcomes=(*state.outcomes, out)[-OUTCOMES:]), None
         return state, None
     upper = mean + s.confidence_z * se
-    # Confidently worse goes back (safety); a probe goes back unless it was better, by the
-    # projection under the load history or as measured at its own windows' load (the
-    # projection rests on the model's load shape, which a probe exists to doubt).
-    if upper < 0 or (v.probe and mean < 0 and raw < 0):
+    # Confidently worse goes back (safety); a probe goes back unless it was better. Either
+    # needs the new K measured worse at its own windows' load too: the projection under the
+    # load history rests on the model's load shape, which a measured gain outranks.
+    if raw < 0 and (upper < 0 or (v.probe and mean < 0)):
         evidence = (f"K {v.k_to} realized {mean:+.1%} under the load history (upper bound "
                     f"{upper:+.1%}; {raw:+.1%} measured at the load of its {len(v.samples)} "
                     f"windows) vs K {v.k_from}; predicted {v.predicted:+.1%}")
@@ -777,14 +782,15 @@ def decide(
     ``canary_window``: in canary mode, the counters of the canary replica (at the canary's
     K) over the same window, while a canary runs (canary.py).
     """
-    d = _decide(settings, replace(state, shift_event=""), window, now=now, cost=cost,
-                canary_window=canary_window)
-    note = d.state.shift_event
-    if not note:
-        return d
-    # A detected load shift is news whatever the decision: said in the reason and an Event.
-    return replace(d, state=replace(d.state, shift_event=""), reason=d.reason + "; " + note,
-                   events=(*d.events, ("Normal", "LoadShifted", note)))
+    d = _decide(settings, replace(state, shift_event="", mix_event=""), window, now=now,
+                cost=cost, canary_window=canary_window)
+    # A detected shift is news whatever the decision: said in the reason and an Event.
+    for note, reason in ((d.state.shift_event, "LoadShifted"),
+                         (d.state.mix_event, "AcceptanceShifted")):
+        if note:
+            d = replace(d, reason=d.reason + "; " + note,
+                        events=(*d.events, ("Normal", reason, note)))
+    return replace(d, state=replace(d.state, shift_event="", mix_event=""))
 
 
 def _decide(
@@ -825,11 +831,29 @@ def _decide(
                                    now=now, window_seconds=window.seconds,
                                    horizon=LONG_FACTOR * horizon)
     acc, dr = state.acc_sum, state.acc_drafts
+    m_since, m_acc, m_dr, m_dir = (state.mix_since, state.mix_acc, state.mix_drafts,
+                                   state.mix_direction)
+    mix_note = ""
     if k != OFF and window.drafts > 0 and len(window.accepted_per_pos) == k:
         acc, dr = regime.update_acceptance(acc, dr, state.history_time, window.drafts,
                                            window.accepted_per_pos, now=now,
                                            window_seconds=window.seconds,
                                            horizon=ACCEPTANCE_HORIZON * horizon)
+        # A lasting change of the task mix restarts the acceptance history from it, as a
+        # lasting load shift restarts the load history.
+        m_since, m_acc, m_dr, m_dir, mixed = regime.mix_shift(
+            state.acc_sum, state.acc_drafts, m_since, m_acc, m_dr, m_dir,
+            state.history_time, window.drafts, window.accepted_per_pos, now=now,
+            window_seconds=window.seconds, shift_seconds=SHIFT_FRACTION * horizon)
+        if mixed and m_since is not None:
+            old_a = regime.accepted_per_draft(state.acc_sum, state.acc_drafts, k) or 0.0
+            new_a = regime.accepted_per_draft(m_acc, m_dr, k) or 0.0
+            acc, dr = m_acc, m_dr
+            mix_note = (f"acceptance shifted {'up' if m_dir > 0 else 'down'} "
+                        f"{(now - m_since) / 60:.0f} min ago ({old_a:.2f} -> {new_a:.2f} "
+                        f"accepted tokens per draft at K {k}): the acceptance history "
+                        "restarts there")
+            m_since, m_acc, m_dr, m_dir = None, (), (), 0
     # A lasting shift of the load (longer than any spike should matter) restarts the load
     # histories from it, instead of letting them catch up over hours.
     since, away, direction, shifted = regime.shift(
@@ -848,8 +872,9 @@ def _decide(
     state = replace(state, load_hist=hist, load_hist_long=hist_long, acc_sum=acc,
                     acc_drafts=dr, history_time=now, history_start=start,
                     shift_since=since, shift_load=away, shift_direction=direction,
-                    shift_event=shift_note)
-    if shifted:
+                    shift_event=shift_note, mix_since=m_since, mix_acc=m_acc,
+                    mix_drafts=m_dr, mix_direction=m_dir, mix_event=mix_note)
+    if shifted or mix_note:
         state = replace(state, pending_k=None, pending_count=0, pending_since=None)
 
     # A running canary is judged first: its windows carry their own evidence (a thin one

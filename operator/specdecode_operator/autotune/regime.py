@@ -157,3 +157,44 @@ def shift(
     away = update_load(away, last, load, now=now, window_seconds=window_seconds,
                        horizon=math.inf)
     return since, away, d, now - since >= shift_seconds
+
+
+MIX_SHIFT_FACTOR = 1.15   # a window's accepted tokens per draft this far from the history's
+
+
+def accepted_per_draft(acc: Sequence[float], drafts: Sequence[float], k: int) -> float | None:
+    """The history's accepted tokens per draft at draft length ``k`` (None: positions the
+    history has not measured)."""
+    if k <= 0 or len(acc) < k or len(drafts) < k or any(drafts[i] <= 0 for i in range(k)):
+        return None
+    return sum(acc[i] / drafts[i] for i in range(k))
+
+
+def mix_shift(
+    acc: Sequence[float], drafts: Sequence[float], since: float | None,
+    away_acc: Sequence[float], away_drafts: Sequence[float], direction: int,
+    last: float | None, window_drafts: float, per_pos: Sequence[float], *, now: float,
+    window_seconds: float, shift_seconds: float,
+) -> tuple[float | None, tuple[float, ...], tuple[float, ...], int, bool]:
+    """The task mix's counterpart of ``shift``: a lasting departure of acceptance.
+
+    A window's accepted tokens per draft at least MIX_SHIFT_FACTOR away from what the
+    acceptance history expects at the same K, in every window for ``shift_seconds``, is a
+    new task mix: the caller restarts the acceptance history from the departure's own
+    counts (``away_acc``, ``away_drafts``: per position, undecayed), instead of letting the
+    old mix fade over hours. Returns (since, away_acc, away_drafts, direction, shifted).
+    """
+    k = len(per_pos)
+    h = accepted_per_draft(acc, drafts, k)
+    if h is None or h <= 0 or window_drafts <= 0:
+        return since, tuple(away_acc), tuple(away_drafts), direction, False
+    a = sum(per_pos) / window_drafts
+    d = 1 if a >= h * MIX_SHIFT_FACTOR else -1 if a <= h / MIX_SHIFT_FACTOR else 0
+    if d == 0:
+        return None, (), (), 0, False
+    if since is None or d != direction:
+        since, away_acc, away_drafts, last = now, (), (), None
+    away_acc, away_drafts = update_acceptance(
+        away_acc, away_drafts, last, window_drafts, per_pos, now=now,
+        window_seconds=window_seconds, horizon=math.inf)
+    return since, away_acc, away_drafts, d, now - since >= shift_seconds

@@ -107,6 +107,10 @@ def state_to_status(state: State) -> dict[str, Any]:
     if state.shift_since is not None:
         reg["shift"] = {"since": _t(state.shift_since), "direction": state.shift_direction,
                         "load": [_r(v, 4) for v in state.shift_load]}
+    if state.mix_since is not None:
+        reg["mixShift"] = {"since": _t(state.mix_since), "direction": state.mix_direction,
+                           "accepted": [_r(v, 5) for v in state.mix_acc],
+                           "drafts": [_r(v, 5) for v in state.mix_drafts]}
     at["regime"] = reg
     if state.verify is not None:
         at["verification"] = _change_to_status(state.verify)
@@ -214,6 +218,14 @@ def _sections(at: dict[str, Any]) -> list[tuple[str, Any]]:
         shift = {"shift_since": _f(sh["since"]), "shift_load": shift_load,
                  "shift_direction": int(sh.get("direction") or 0)} \
             if sh.get("since") is not None else {}
+        mx = reg.get("mixShift") or {}
+        mix_acc = tuple(_f(v) for v in mx.get("accepted") or [])
+        mix_dr = tuple(_f(v) for v in mx.get("drafts") or [])
+        if len(mix_acc) != len(mix_dr):
+            raise ValueError("acceptance shift: accepted and drafts differ in length")
+        if mx.get("since") is not None:
+            shift.update(mix_since=_f(mx["since"]), mix_acc=mix_acc, mix_drafts=mix_dr,
+                         mix_direction=int(mx.get("direction") or 0))
         return {**shift, "load_hist": load, "load_hist_long": load_long, "acc_sum": acc,
                 "acc_drafts": dr,
                 "history_time": _f(reg["time"]) if reg.get("time") is not None else None,
