@@ -115,6 +115,17 @@ def test_the_models_own_error_carries_through_not_the_corrected_prediction() -> 
     assert Outcome(NOW, 4, 3, 0.06, None, "inconclusive").model_error is None
 
 
+def _steady_window(rate: float, b: float, k: int = 5) -> Window:
+    """A 10-minute window at K ``k``, per-position acceptance ``rate``, ``b`` running."""
+    drafts = 20_000.0
+    sv = iid(rate, 16)
+    per_pos = tuple(drafts * x for x in sv[:k])
+    return Window(k=k, seconds=600, drafts=drafts, draft_tokens=k * drafts,
+                  accepted=sum(per_pos), accepted_per_pos=per_pos,
+                  generation_tokens=drafts * (1 + sum(sv[:k])), requests=500,
+                  load=((b, 1.0),))
+
+
 def _run_load(levels: list[float], st: State | None = None,
               settings: Settings | None = None) -> tuple[State, list[str]]:
     """Evaluations every 5 minutes, one window per entry (running requests per replica)."""
@@ -122,14 +133,7 @@ def _run_load(levels: list[float], st: State | None = None,
     st = st or State()
     notes, now = [], NOW
     for b in levels:
-        drafts = 20_000.0
-        sv = iid(0.7, 16)
-        per_pos = tuple(drafts * x for x in sv[:5])
-        w = Window(k=5, seconds=600, drafts=drafts, draft_tokens=5 * drafts,
-                   accepted=sum(per_pos), accepted_per_pos=per_pos,
-                   generation_tokens=drafts * (1 + sum(sv[:5])), requests=500,
-                   load=((b, 1.0),))
-        d = decide(s, st, w, now=now)
+        d = decide(s, st, _steady_window(0.7, b), now=now)
         st = d.state
         notes += [m for _t, r, m in d.events if r == "LoadShifted"]
         now += 300
@@ -205,14 +209,7 @@ def _run_mix(rates: list[float], k: int = 5) -> tuple[State, list[str]]:
     s = Settings(explore=False, mode="Recommend")
     st, notes, now = State(), [], NOW
     for a in rates:
-        drafts = 20_000.0
-        sv = iid(a, 16)
-        per_pos = tuple(drafts * x for x in sv[:k])
-        w = Window(k=k, seconds=600, drafts=drafts, draft_tokens=k * drafts,
-                   accepted=sum(per_pos), accepted_per_pos=per_pos,
-                   generation_tokens=drafts * (1 + sum(sv[:k])), requests=500,
-                   load=((8.0, 1.0),))
-        d = decide(s, st, w, now=now)
+        d = decide(s, st, _steady_window(a, 8.0, k), now=now)
         st = d.state
         notes += [m for _t, r, m in d.events if r == "AcceptanceShifted"]
         assert (st.mix_since is None) == (st.mix_direction == 0)

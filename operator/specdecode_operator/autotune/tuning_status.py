@@ -223,10 +223,10 @@ def _sections(at: dict[str, Any]) -> list[tuple[str, Any]]:
         mix_dr = tuple(_f(v) for v in mx.get("drafts") or [])
         if len(mix_acc) != len(mix_dr):
             raise ValueError("acceptance shift: accepted and drafts differ in length")
-        if mx.get("since") is not None:
-            shift.update(mix_since=_f(mx["since"]), mix_acc=mix_acc, mix_drafts=mix_dr,
-                         mix_direction=int(mx.get("direction") or 0))
-        return {**shift, "load_hist": load, "load_hist_long": load_long, "acc_sum": acc,
+        mix = {"mix_since": _f(mx["since"]), "mix_acc": mix_acc, "mix_drafts": mix_dr,
+               "mix_direction": int(mx.get("direction") or 0)} \
+            if mx.get("since") is not None else {}
+        return {**shift, **mix, "load_hist": load, "load_hist_long": load_long, "acc_sum": acc,
                 "acc_drafts": dr,
                 "history_time": _f(reg["time"]) if reg.get("time") is not None else None,
                 "history_start": _f(reg["start"]) if reg.get("start") is not None else None}
