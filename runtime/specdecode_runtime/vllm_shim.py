@@ -17,7 +17,9 @@ of dead processes are removed at the next start. The path must stay short: vLLM 
 IPC sockets in ``TMPDIR`` (``TMPDIR/<uuid4>``, even with multiprocessing off), and a Unix
 socket path longer than 107 bytes fails the start (``ZMQError: ipc path ... is longer than
 107 characters``); a longer ``SPECDECODE_VLLM_SCRATCH`` falls back to the default.
-``PYTHONPATH``/``PYTHONHOME`` are dropped: the vllm venv is self-contained.
+``PYTHONPATH``/``PYTHONHOME`` are dropped: the vllm venv is self-contained; ``PYTHONPATH`` is
+then this file's ``vllm_site`` directory, whose ``sitecustomize`` turns vLLM's own AMX kernels
+off (they die with SIGILL on some VMs that advertise AMX; ``SPECDECODE_VLLM_AMX=1`` keeps them).
 
 Other commands (``vllm --version``, ``vllm serve --model X``) are passed through. Runs in the
 vllm venv's Python and imports nothing from this package, so it also runs as a plain script.
@@ -41,6 +43,8 @@ ENV_DEFAULTS = {
     "PYTHONUNBUFFERED": "1",
 }
 DROP_ENV = ("PYTHONPATH", "PYTHONHOME")
+# Its sitecustomize runs in every process of the server (vllm_site/sitecustomize.py).
+SITE_DIR = Path(__file__).resolve().parent / "vllm_site"
 # sun_path holds 107 bytes; vLLM appends "/" + a uuid4 (37 bytes) to TMPDIR.
 MAX_TMPDIR = 107 - 37
 
@@ -100,6 +104,7 @@ def server_env(env: Mapping[str, str], scratch: Path) -> dict[str, str]:
     out = {k: v for k, v in env.items() if k not in DROP_ENV}
     for k, v in ENV_DEFAULTS.items():
         out.setdefault(k, v)
+    out["PYTHONPATH"] = str(SITE_DIR)
     out["TMPDIR"] = str(scratch / "tmp")
     out["VLLM_CACHE_ROOT"] = str(scratch / "cache" / "vllm")
     out.setdefault("XDG_CACHE_HOME", str(scratch / "cache"))

@@ -15,6 +15,11 @@ more, half a window apart; the median of those three is asserted. The measured t
 PromQL over the pod's own counter (``vllm:generation_tokens_total``), at the time the decision
 was taken, over the decision's window. The H200 table's prediction for the same K and load is
 printed beside it: a CPU is nothing like an H200.
+
+A pass in which a window's step over fewer verify tokens ran more than ``DRIFT`` slower than
+another's over more measured the shared machine changing speed (a roofline never does that);
+when such a pass also misses the bound, the levels run once more and the second pass is
+asserted. A pass whose steps rise with the load is asserted as it is.
 """
 
 from __future__ import annotations
@@ -60,6 +65,9 @@ PHASES = (1, 4, 2)           # concurrent requests per load level
 SETTLE = 6.0
 TOLERANCE = 0.15             # the issue's bound on |predicted / measured - 1|
 LAST_SAMPLES = 3             # decisions compared at the last level (the median is asserted)
+# A window's step time scatters about ±10 % around its level's (above): a lower load measured
+# slower than a higher one by more than this is the machine changing speed.
+DRIFT = 0.10
 WARMUP = 90.0                # seconds of load, tuning paused, before any evidence counts
 WARMUP_CLIENTS = (4, 1, 2)   # every batch shape of the levels once
 
@@ -138,6 +146,23 @@ def measure(prometheus: PrometheusServer, ns: str, name: str, clients: int,
                   step_ms, cost)
 
 
+def median_last(samples: list[Sample]) -> Sample:
+    final = sorted((x for x in samples if x.clients == PHASES[-1]), key=lambda x: x.error)
+    return final[len(final) // 2]
+
+
+def machine_drift(samples: list[Sample]) -> str:
+    """Why a pass cannot judge the model, or "": the step over fewer tokens measured slower
+    (by more than a window's scatter) than a step over more. A roofline never does that;
+    another job taking the shared cores does."""
+    steps = sorted((x.batch * (K + 1), x.step_ms, x.clients) for x in samples)
+    for i, (_, ms, c) in enumerate(steps):
+        for _, ms_hi, c_hi in steps[i + 1:]:
+            if ms > (1 + DRIFT) * ms_hi:
+                return f"c={c} step {ms:.1f} ms > c={c_hi} step {ms_hi:.1f} ms"
+    return ""
+
+
 def test_calibrated_prediction_matches_real_tokens_per_second(
     rv_operator: OperatorProcess, rv_runner: PodRunnerProcess, rvplane: LocalPlane,
     rvns: str, prometheus: PrometheusServer, tiny_models: TinyModels,
@@ -156,9 +181,50 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
     assert_prometheus_has_real_series(prometheus, ns, name, pod["metadata"]["name"], K)
 
     load = ClosedLoop(port, SERVED)
-    samples: list[Sample] = []
+    passes: list[list[Sample]] = []
     seen_decisions: dict[str, tuple[str, str]] = {}   # time -> (costModel source, note)
     started = time.monotonic()
+
+    def clean_decision(begun: float) -> dict[str, Any] | None:
+        # A decision whose whole window lies inside the load level begun at ``begun``.
+        sdd = get_json(plane, "sdd", name, "-n", ns)
+        at = (sdd.get("status") or {}).get("autotune") or {}
+        last = at.get("lastDecision")
+        if not last:
+            return None
+        seen_decisions[last["time"]] = (at["costModel"]["source"], at["costModel"]["note"])
+        if epoch(last["time"]) - WINDOW >= begun + SETTLE:
+            return sdd
+        return None
+
+    def run_levels() -> list[Sample]:
+        samples: list[Sample] = []
+        for clients in PHASES:
+            load.set_clients(clients)
+            begun = time.time()
+            sdd = wait_for(f"a decision on a whole window at {clients} clients",
+                           lambda begun=begun: clean_decision(begun),
+                           timeout=WINDOW + SETTLE + 60)
+            samples.append(measure(prometheus, ns, name, clients, sdd))
+            print(samples[-1].line(), flush=True)
+            if clients != PHASES[-1]:
+                continue
+            for _ in range(LAST_SAMPLES - 1):
+                # Later decisions at the last level, half a window apart.
+                after = samples[-1].time + WINDOW / 2
+
+                def later(begun: float = begun, after: float = after) -> dict[str, Any] | None:
+                    d = clean_decision(begun)
+                    if d and epoch(d["status"]["autotune"]["lastDecision"]["time"]) >= after:
+                        return d
+                    return None
+
+                sdd = wait_for(f"a later decision at {clients} clients", later,
+                               timeout=WINDOW + 60)
+                samples.append(measure(prometheus, ns, name, clients, sdd))
+                print(samples[-1].line(), flush=True)
+        return samples
+
     try:
         for clients in WARMUP_CLIENTS:
             load.set_clients(clients)
@@ -167,38 +233,15 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
         # Paused: no decision and no evidence yet (the fit below starts from the levels only).
         assert not ((sdd.get("status") or {}).get("autotune") or {}).get("lastDecision"), sdd
         plane.kubectl("annotate", "sdd", name, "-n", ns, f"{PAUSE_ANNOTATION}-")
-        for clients in PHASES:
-            load.set_clients(clients)
-            begun = time.time()
-
-            def clean_decision(begun: float = begun) -> dict[str, Any] | None:
-                # A decision whose whole window lies inside this load level.
-                sdd = get_json(plane, "sdd", name, "-n", ns)
-                at = (sdd.get("status") or {}).get("autotune") or {}
-                last = at.get("lastDecision")
-                if not last:
-                    return None
-                seen_decisions[last["time"]] = (at["costModel"]["source"],
-                                                at["costModel"]["note"])
-                if epoch(last["time"]) - WINDOW >= begun + SETTLE:
-                    return sdd
-                return None
-
-            sdd = wait_for(f"a decision on a whole window at {clients} clients",
-                           clean_decision, timeout=WINDOW + SETTLE + 60)
-            samples.append(measure(prometheus, ns, name, clients, sdd))
-            print(samples[-1].line(), flush=True)
-            if clients != PHASES[-1]:
-                continue
-            for _ in range(LAST_SAMPLES - 1):
-                # Later decisions at the last level, half a window apart.
-                after = samples[-1].time + WINDOW / 2
-                sdd = wait_for(f"a later decision at {clients} clients", lambda after=after: (
-                    (d := clean_decision()) and epoch(d["status"]["autotune"]["lastDecision"]
-                                                      ["time"]) >= after and d),
-                    timeout=WINDOW + 60)
-                samples.append(measure(prometheus, ns, name, clients, sdd))
-                print(samples[-1].line(), flush=True)
+        passes.append(run_levels())
+        drift = machine_drift(passes[0])
+        if abs(median_last(passes[0]).error) > TOLERANCE and drift:
+            # The machine, not the model: on one machine a step over fewer tokens is never
+            # slower than one over more. The levels run once more (the fit keeps the first
+            # pass's evidence, old and new alike); the second pass is asserted.
+            print(f"pass 1 not a measurement of the model ({drift}); the levels once more",
+                  flush=True)
+            passes.append(run_levels())
     finally:
         load.stop()
     assert not load.errors, load.errors[:5]
@@ -207,17 +250,17 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
     ordered = [seen_decisions[t] for t in sorted(seen_decisions)]
     first = next((i for i, (src, _) in enumerate(ordered) if src == "Calibrated"), None)
     used = sum(1 for _, note in ordered[:first] if note == "window used")
-    print(f"{len(samples)} load levels in {time.monotonic() - started:.0f}s; Calibrated "
+    samples = passes[-1]
+    print(f"{len(passes)} pass(es) in {time.monotonic() - started:.0f}s; Calibrated "
           f"after {used} windows of evidence seen; cost model: {samples[-1].reason}; params "
           f"{samples[-1].cost.get('params')}; quality {samples[-1].cost.get('quality')}")
 
     # Recommend mode: the one K all along (every window is evidence at K=3).
     assert deployed_k(plane, ns, name) == K
-    final = [x for x in samples if x.clients == PHASES[-1]]
-    assert len(final) == LAST_SAMPLES, final
+    assert len([x for x in samples if x.clients == PHASES[-1]]) == LAST_SAMPLES, samples
     # The median window of the last level: one window's speed is one sample of the shared
     # machine's drift.
-    last = sorted(final, key=lambda x: x.error)[len(final) // 2]
+    last = median_last(samples)
     # Calibrated: fitted to this deployment's latency series, not the H200 table.
     assert last.source == "Calibrated", last.line() + "\n" + last.reason
     # Fitted across the load levels: the last level's verify width lies inside the range
@@ -233,7 +276,8 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
     # interpolates the levels before, the later ones also follow this level's own windows
     # (the tuner refits on new evidence), so a level that runs slower than the ones before
     # it is still predicted, as in production, and a one-window stall does not decide.
-    assert abs(last.error) <= TOLERANCE, "\n".join(x.line() for x in samples)
+    assert abs(last.error) <= TOLERANCE, "\n".join(
+        f"pass {i + 1}: {x.line()}" for i, p in enumerate(passes) for x in p)
     # The table describes an H200: on this CPU it is off by more than the calibrated model
     # (printed above; asserted only as "larger": seen -23 .. -58 %).
     assert abs(last.prior_error) > abs(last.error), last.line()

@@ -47,7 +47,24 @@ def test_env_defaults_yield_to_the_pod_but_scratch_is_per_process(tmp_path: Path
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     assert env["TMPDIR"] == str(tmp_path / "pid-7" / "tmp")   # never shared
     assert env["VLLM_CACHE_ROOT"] == str(tmp_path / "pid-7" / "cache" / "vllm")
-    assert "PYTHONPATH" not in env and env["A"] == "b"
+    # The pod's PYTHONPATH never reaches the vllm venv; the shim's start-up hook does.
+    assert env["PYTHONPATH"] == str(vllm_shim.SITE_DIR) and env["A"] == "b"
+    assert (vllm_shim.SITE_DIR / "sitecustomize.py").is_file()
+
+
+def test_the_start_up_hook_turns_vllms_amx_kernels_off_unless_asked(
+    vllm_python: Path, tmp_path: Path,
+) -> None:
+    # In the vllm venv's Python, with the environment the shim gives the server.
+    probe = "import torch.cpu; print(torch.cpu._is_amx_tile_supported.__name__)"
+
+    def name(**extra: str) -> str:
+        env = vllm_shim.server_env({**os.environ, **extra}, tmp_path / "pid-1")
+        return subprocess.run([vllm_python, "-c", probe], env=env, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    assert name() == "<lambda>"                                   # patched: answers no
+    assert name(SPECDECODE_VLLM_AMX="1") == "_is_amx_tile_supported"   # torch's own
 
 
 def test_scratch_dirs_of_dead_processes_are_removed(tmp_path: Path) -> None:
