@@ -14,7 +14,8 @@ on the first decision whose whole window lies inside each level, and at the last
 more, half a window apart; the median of those three is asserted. The measured tokens/s is
 PromQL over the pod's own counter (``vllm:generation_tokens_total``), at the time the decision
 was taken, over the decision's window. The H200 table's prediction for the same K and load is
-printed beside it: a CPU is nothing like an H200.
+printed beside it (a CPU is nothing like an H200), and across the levels it must be off by
+more than the calibrated model.
 
 A pass in which a window's step over fewer verify tokens ran more than ``DRIFT`` slower than
 another's over more measured the shared machine changing speed (a roofline never does that);
@@ -278,6 +279,15 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
     # it is still predicted, as in production, and a one-window stall does not decide.
     assert abs(last.error) <= TOLERANCE, "\n".join(
         f"pass {i + 1}: {x.line()}" for i, p in enumerate(passes) for x in p)
-    # The table describes an H200: on this CPU it is off by more than the calibrated model
-    # (printed above; asserted only as "larger": seen -23 .. -58 %).
-    assert abs(last.prior_error) > abs(last.error), last.line()
+    # The table describes an H200: across the load levels it is off by more than the
+    # calibrated model. Across them, not at one: an H200's step barely grows from one to four
+    # requests, this CPU's does (20 -> 35 ms seen), but at one load the two can meet by
+    # chance (seen: the prior -3 % at one request, +2 % at two, +55 % at four). One sample
+    # per level: each earlier level's, and the last level's median.
+    levels = [x for x in samples if x.clients != PHASES[-1]] + [last]
+
+    def mean_abs(errors: list[float]) -> float:
+        return sum(abs(e) for e in errors) / len(errors)
+
+    assert mean_abs([x.prior_error for x in levels]) > mean_abs([x.error for x in levels]), \
+        "\n".join(x.line() for x in levels)
