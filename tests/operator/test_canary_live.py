@@ -152,6 +152,10 @@ def test_a_faster_canary_is_promoted_and_its_deployment_deleted_after_the_rollou
         by_reason = {e["reason"] for e in events(plane, namespace, "m")}
         assert {"CanaryStarted", "DraftTokensChanged", "Deleted"} <= by_reason
         assert sdd["metadata"]["generation"] == 1          # the user's spec never changed
+        # The test's kubelet polls the Deployments (kubectl every 0.5 s): on a busy machine
+        # it may see the main Deployment's new K after the operator has finished the rollout.
+        wait_for(f"the main pods played at K {k_c}", lambda: kubelet.seen["m"] == [3, k_c],
+                 timeout=30)
         assert kubelet.seen["m-canary"] == [k_c] and kubelet.seen["m"] == [3, k_c]
         print(f"canary promoted: K 3 -> {k_c}; decisions: {reasons}")
     except AssertionError as e:
