@@ -186,17 +186,17 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
     seen_decisions: dict[str, tuple[str, str]] = {}   # time -> (costModel source, note)
     started = time.monotonic()
 
-    def clean_decision(begun: float) -> dict[str, Any] | None:
-        # A decision whose whole window lies inside the load level begun at ``begun``.
+    def clean_decision(begun: float, after: float = 0.0) -> dict[str, Any] | None:
+        # A decision whose whole window lies inside the load level begun at ``begun``, taken
+        # at ``after`` or later.
         sdd = get_json(plane, "sdd", name, "-n", ns)
         at = (sdd.get("status") or {}).get("autotune") or {}
         last = at.get("lastDecision")
         if not last:
             return None
         seen_decisions[last["time"]] = (at["costModel"]["source"], at["costModel"]["note"])
-        if epoch(last["time"]) - WINDOW >= begun + SETTLE:
-            return sdd
-        return None
+        t = epoch(last["time"])
+        return sdd if t - WINDOW >= begun + SETTLE and t >= after else None
 
     def run_levels() -> list[Sample]:
         samples: list[Sample] = []
@@ -213,14 +213,8 @@ def test_calibrated_prediction_matches_real_tokens_per_second(
             for _ in range(LAST_SAMPLES - 1):
                 # Later decisions at the last level, half a window apart.
                 after = samples[-1].time + WINDOW / 2
-
-                def later(begun: float = begun, after: float = after) -> dict[str, Any] | None:
-                    d = clean_decision(begun)
-                    if d and epoch(d["status"]["autotune"]["lastDecision"]["time"]) >= after:
-                        return d
-                    return None
-
-                sdd = wait_for(f"a later decision at {clients} clients", later,
+                sdd = wait_for(f"a later decision at {clients} clients",
+                               lambda begun=begun, after=after: clean_decision(begun, after),
                                timeout=WINDOW + 60)
                 samples.append(measure(prometheus, ns, name, clients, sdd))
                 print(samples[-1].line(), flush=True)
