@@ -190,7 +190,9 @@ def model_error(tr: Trace, model: cal.CostModel) -> float:
     return sum(errs) / len(errs)
 
 
-COLS = ["fixed K=5", "best fixed", "tuner", "prior only"]
+# "of best": the tuner's tokens / the best fixed K's (in hindsight)
+COLS = ["fixed K=5", "best fixed", "tuner", "of best", "prior only"]
+WIDTHS = (10, 15, 20, 8, 16)
 
 
 def run_set(name: str, scenarios: list[Scenario], hardware: list[str], seeds: list[int],
@@ -204,7 +206,6 @@ def run_set(name: str, scenarios: list[Scenario], hardware: list[str], seeds: li
           f"{'prior err':>10s}")
     scores: dict[str, list[float]] = {c: [] for c in COLS}
     scores["changes"], scores["vs K=5"], scores["pred"], scores["probe"] = [], [], [], []
-    scores["of best"] = []   # the tuner's tokens / the best fixed K's (in hindsight)
     for hw in hardware:
         for sc in scenarios:
             for seed in seeds:
@@ -222,12 +223,12 @@ def run_set(name: str, scenarios: list[Scenario], hardware: list[str], seeds: li
                     window_seconds=WINDOW_STEPS * DT, cost_model="Prior"), seed) \
                     if with_prior else Run(tokens=math.nan)
                 row = {"fixed K=5": fx[5] / best, "best fixed": fx[kb] / best,
-                       "tuner": tuned.tokens / best, "prior only": prior_only.tokens / best}
+                       "tuner": tuned.tokens / best, "of best": tuned.tokens / fx[kb],
+                       "prior only": prior_only.tokens / best}
                 for c in COLS:
                     scores[c].append(row[c])
                 scores["changes"].append(tuned.changes)
                 scores["vs K=5"].append(tuned.tokens / fx[5] - 1)
-                scores["of best"].append(tuned.tokens / fx[kb])
                 scores["pred"] += tuned.pred_errors
                 scores["probe"] += tuned.probe_errors
                 pe = (f"{100 * sum(tuned.pred_errors) / len(tuned.pred_errors):.1f}pp"
@@ -238,7 +239,7 @@ def run_set(name: str, scenarios: list[Scenario], hardware: list[str], seeds: li
                          if with_prior else "-")
                 print(f"{hw:17s}{sc.name:18s}{row['fixed K=5']:>10.3f}"
                       f"{row['best fixed']:>8.3f} (K={kb:2d})"
-                      f"{tcell:>20s}{scores['of best'][-1]:>8.3f}{pcell:>16s}"
+                      f"{tcell:>20s}{row['of best']:>8.3f}{pcell:>16s}"
                       f"{pe:>9s}{tuned.cal_error:>8.1%}{tuned.prior_error:>10.1%}", flush=True)
     n = len(scores["tuner"])
     print("-" * 126)
@@ -248,8 +249,7 @@ def run_set(name: str, scenarios: list[Scenario], hardware: list[str], seeds: li
     for label, f in (("mean", mean), ("worst", min)):
         print(f"{label:35s}" + "".join(
             f"{f(scores[c]):>{w}.3f}" if not math.isnan(f(scores[c])) else f"{'-':>{w}s}"
-            for c, w in (("fixed K=5", 10), ("best fixed", 15), ("tuner", 20), ("of best", 8),
-                         ("prior only", 16))))
+            for c, w in zip(COLS, WIDTHS, strict=True)))
     print(f"{'max changes/day':35s}{'':25s}{max(scores['changes']):>20d}")
     worst_vs5 = min(scores["vs K=5"])
     pred, probe = scores["pred"], scores["probe"]

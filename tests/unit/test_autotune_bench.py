@@ -23,23 +23,28 @@ def trace() -> worlds.Trace:
     return worlds.make_trace(stationary, "small-gpu", seed=7)
 
 
-def test_oracle_is_at_least_every_fixed_k(trace: worlds.Trace) -> None:
+@pytest.fixture(scope="module")
+def oracle(trace: worlds.Trace) -> float:
+    return ab.oracle(trace, allow_off=False)
+
+
+def test_oracle_is_at_least_every_fixed_k(trace: worlds.Trace, oracle: float) -> None:
     # The two sum the same minutes in a different order: equal up to rounding.
-    best = ab.oracle(trace, allow_off=False) * (1 + 1e-12)
+    best = oracle * (1 + 1e-12)
     assert best >= ab.fixed(trace, ab.INITIAL_K)
     for k in range(ab.K_MIN, worlds.K_MAX + 1):
         # Switching to k in the first minute and staying there is one policy it weighs.
         assert best >= ab.fixed(trace, k) - ab.switch_cost(trace, 0, ab.INITIAL_K, k), k
 
 
-def test_tuner_never_beats_the_oracle(trace: worlds.Trace) -> None:
+def test_tuner_never_beats_the_oracle(trace: worlds.Trace, oracle: float) -> None:
     st = Settings(k_min=ab.K_MIN, k_max=worlds.K_MAX, window_seconds=ab.WINDOW_STEPS * worlds.DT,
                   initial_k=ab.INITIAL_K, restart_cost_seconds=worlds.RESTART_SECONDS,
                   replicas=trace.replicas)
     run = ab.run_tuner(trace, st, seed=7)
     # The tuner's change applies a minute before the oracle's would (its restart is priced at
     # the decision's minute): a tiny accounting offset, far below one restart's cost.
-    assert 0 < run.tokens <= ab.oracle(trace, allow_off=False) * 1.001
+    assert 0 < run.tokens <= oracle * 1.001
     assert run.changes <= st.max_changes_per_day
 
 
