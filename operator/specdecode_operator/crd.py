@@ -584,7 +584,10 @@ def _tuner_state_schema() -> dict[str, Any]:
         }),
         "regime": obj("Load and acceptance histories candidate Ks are priced against.", {
             "time": integer("Last update (epoch seconds)."),
-            "start": integer("First update (epoch seconds)."),
+            "start": integer("First update (epoch seconds), or when the last load shift "
+                             "began."),
+            "shifted": boolean("start is a detected load shift: the regime's age is known "
+                               "(probes are priced over it)."),
             "load": array("Exponentially weighted seconds at each running-requests grid "
                           "point (1, 1.5, 2, 3, 4, ... 512) over regimeSeconds.",
                           number("Seconds."), maxItems=64),

@@ -371,3 +371,21 @@ def test_the_refit_follows_the_regime_clock() -> None:
     assert refit == NOW + 4 * 5 + 5 + 10 != fitted
     fitted, refit = after(Settings(mode="Recommend"))          # 3 h: every 30 min
     assert refit == fitted
+
+
+def test_the_drafters_per_sequence_cost_is_doubted_in_proportion_to_the_targets() -> None:
+    # The H200 table's drafter costs ~nothing per sequence; another drafter need not. At one
+    # K the drafter's and the target's per-sequence costs are collinear, so the prior's doubt
+    # about the drafter's share is all that widens the doubt about a shorter draft at high
+    # load.
+    m = cal.prior()
+    i, s = cal.DRAFT_PER_SEQ, cal.PER_SEQ
+    assert math.sqrt(m.cov[i][i]) >= cal.DRAFT_SEQ_SHARE * m.theta[s] > 0
+    table_only = [list(row) for row in m.cov]
+    table_only[i][i] = (cal.PRIOR_REL_SD[i] * abs(m.theta[i]) +
+                        cal.PRIOR_ABS_SD[i] * abs(m.theta[0])) ** 2
+    narrow = replace(m, cov=tuple(tuple(r) for r in table_only))
+    assert m.ratio_se(64, 3, 5) > narrow.ratio_se(64, 3, 5)
+    # ... and more so the more sequences share the step.
+    assert m.ratio_se(64, 3, 5) - narrow.ratio_se(64, 3, 5) > \
+        m.ratio_se(4, 3, 5) - narrow.ratio_se(4, 3, 5)

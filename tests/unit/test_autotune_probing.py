@@ -84,6 +84,18 @@ def test_follow_through_needs_a_kept_step_that_beat_its_prediction() -> None:
     assert policy._follow(s, State(outcomes=(won,)), 5) is None       # K moved on since
 
 
+def test_no_follow_through_after_a_step_back_towards_the_initial_k() -> None:
+    # Back from a probe at K 3 to the initial K 5, paying more than predicted: that says how
+    # bad K 3 was, nothing about K 6.
+    back = Outcome(NOW - 3600, 3, 5, predicted=0.10, realized=0.17, verdict="kept")
+    assert policy._follow(Settings(initial_k=5), State(outcomes=(back,)), 5) is None
+    # Away from it (or with no initial K to go back to) the step's surprise carries on.
+    assert policy._follow(Settings(), State(outcomes=(back,)), 5) == (6, pytest.approx(0.07))
+    away = Outcome(NOW - 3600, 5, 4, predicted=0.01, realized=0.08, verdict="kept")
+    assert policy._follow(Settings(initial_k=5), State(outcomes=(away,)), 4) == \
+        (3, pytest.approx(0.07))
+
+
 def test_goodput_target_follows_through_only_when_the_corrected_gain_clears_the_hurdle(
 ) -> None:
     from specdecode_operator.autotune import default_profile

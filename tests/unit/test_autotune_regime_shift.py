@@ -145,13 +145,14 @@ def test_a_lasting_load_shift_restarts_the_history_and_a_spike_does_not() -> Non
     base = [8.0] * (6 * per_hour)
     # A 45-minute spike (shorter than a third of the 3 h regime): the history just absorbs it.
     st, notes = _run_load(base + [64.0] * 9 + [8.0] * per_hour)
-    assert notes == [] and st.shift_since is None
+    assert notes == [] and st.shift_since is None and not st.history_shifted
     assert regime.median(st.load_hist) == 8.0
     # The same level held for 90 minutes: a new regime; the history is the new level only.
     st, notes = _run_load(base + [64.0] * 18)
     assert len(notes) == 1 and "shifted up" in notes[0]
     assert regime.median(st.load_hist) == 64.0 and regime.median(st.load_hist_long) == 64.0
     assert st.history_start is not None and st.history_start > NOW + 6 * 3600 - 1
+    assert st.history_shifted
     # Down works the same way; a departure that turns around in between starts over.
     st, notes = _run_load(base + [64.0] * 6 + [2.0] * 6 + [8.0] * 6)
     assert notes == []
@@ -164,6 +165,22 @@ def test_a_shift_under_way_survives_a_restart_of_the_operator() -> None:
     assert back.shift_since == pytest.approx(st.shift_since)
     assert back.shift_direction == 1
     assert back.shift_load == pytest.approx(st.shift_load, rel=1e-3)
+
+
+def test_a_probe_after_a_load_shift_is_priced_over_the_regimes_known_age() -> None:
+    horizon, life = 10_800.0, 10_800.0
+    fresh = State(history_start=NOW - 3600, history_shifted=True)
+    # An hour after the shift began: it lasts about as long again (Lindy), not a horizon.
+    assert policy._probe_life(fresh, NOW, horizon, life) == pytest.approx(3600)
+    # Older regimes earn the usual life; never below the shift's own length.
+    assert policy._probe_life(fresh, NOW + 6 * 3600, horizon, life) == pytest.approx(life)
+    assert policy._probe_life(fresh, NOW - 1800, horizon, life) == pytest.approx(horizon / 3)
+    # A history that began with the deployment does not know its regime's age.
+    assert policy._probe_life(replace(fresh, history_shifted=False), NOW, horizon, life) == life
+    # The flag survives an operator restart.
+    back = state_from_status({"autotune": state_to_status(fresh)})
+    assert back.history_shifted and back.history_start == pytest.approx(NOW - 3600)
+    assert not state_from_status({"autotune": state_to_status(State())}).history_shifted
 
 
 def test_only_a_failed_step_down_from_here_allows_the_probe_upwards() -> None:

@@ -42,6 +42,8 @@ NAMES = ("floor", "perSeq", "perToken", "hinge", "draftFloor", "draftPerSeq", "r
 P = len(NAMES)
 RIPPLE = NAMES.index("ripple")
 HINGE = NAMES.index("hinge")
+PER_SEQ = NAMES.index("perSeq")
+DRAFT_PER_SEQ = NAMES.index("draftPerSeq")
 KNEE_SEEN = 1.25   # a knee this close above the lowest observed verify width is not seen
 KNEES = (16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0, 192.0, 256.0, 384.0, 512.0, 1024.0, 2048.0)
 # Prior standard deviation of each parameter, relative to its (scaled) prior value: how far
@@ -51,6 +53,13 @@ PRIOR_REL_SD = (0.5, 1.0, 1.0, 1.0, 0.6, 0.6, 0.25)
 # ... plus this much of the step floor (per unit of the feature), so that a parameter the
 # prior puts at ~0 can still move.
 PRIOR_ABS_SD = (0.01, 0.002, 0.01, 0.002, 0.01, 0.0005, 0.05)
+# ... and the drafter's per-sequence cost (its own KV reads, per draft step) is doubted by
+# this share of the target's: the H200 table's one-layer MTP drafter has ~0, a separate ~1 B
+# drafter on an 8 B target about a tenth of the target's. At one K the two are collinear
+# (k d1 B against s B), so only this doubt says that a shorter draft may save more per
+# sequence at high load than the table's drafter would (measured: without it, an L4-class
+# GPU at 64 requests stayed a day at K 5 with K 3 7 % faster, its doubt at 6 % of the ratio).
+DRAFT_SEQ_SHARE = 0.5
 KNEE_PENALTY = 0.1            # per octave of knee moved away from the prior's, squared: weak, the
                               # knee is where the data put it (CPU: ~0; H200: ~128)
 MIN_SIGMA = 0.015             # floor on the relative noise of one point (misfit, jitter)
@@ -210,7 +219,10 @@ def prior() -> CostModel:
 def _sd(i: int, theta: Sequence[float]) -> float:
     # Relative to the parameter, with an absolute floor tied to the step floor so that a
     # parameter the prior puts at ~0 can still move.
-    return PRIOR_REL_SD[i] * abs(theta[i]) + PRIOR_ABS_SD[i] * abs(theta[0])
+    sd = PRIOR_REL_SD[i] * abs(theta[i]) + PRIOR_ABS_SD[i] * abs(theta[0])
+    if i == DRAFT_PER_SEQ:
+        sd += DRAFT_SEQ_SHARE * abs(theta[PER_SEQ])
+    return sd
 
 
 def _diag(v: Sequence[float]) -> tuple[tuple[float, ...], ...]:

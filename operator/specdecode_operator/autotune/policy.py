@@ -201,6 +201,7 @@ class State:
     # regime history
     history_time: float | None = None
     history_start: float | None = None
+    history_shifted: bool = False                   # history_start is a detected shift
     load_hist: tuple[float, ...] = ()               # EW over regime_seconds
     load_hist_long: tuple[float, ...] = ()          # EW over LONG_FACTOR x regime_seconds
     acc_sum: tuple[float, ...] = ()                 # EW accepted per position
@@ -357,7 +358,7 @@ def goodput_target(
     now_survival: acceptance.Survival, now_load: Load, life: float,
     rejected: frozenset[int] = frozenset(), probe: frozenset[int] = frozenset(),
     home: int | None = None, follow: tuple[int, float] | None = None,
-    rebound: bool = False,
+    rebound: bool = False, probe_life: float | None = None,
 ) -> tuple[int, str, float, dict[int, float]]:
     """Best K by the lower confidence bound of its gain under the load histories.
 
@@ -420,11 +421,13 @@ def goodput_target(
                        f"history (> {hurdle:.1%} hurdle; now {c_now:+.1%}); verified and "
                        "rolled back if not better"), pc, preds
     if (best == k or best_lo <= hurdle or now_gain <= 0) and probe:
-        p = _probe(s, k, survival, loads, cost, curs, hurdle, probe, rejected, rebound)
+        p_hurdle = hurdle if probe_life is None else \
+            s.min_gain + s.restart_cost_seconds / max(probe_life, 1.0)
+        p = _probe(s, k, survival, loads, cost, curs, p_hurdle, probe, rejected, rebound)
         if p is not None:
             c, ucb, point = p
             return c, (f"K {k} -> {c}: probe of an unmeasured K: the cost model cannot rule "
-                       f"out {ucb:+.1%} there (point {point:+.1%}, hurdle {hurdle:.1%}); "
+                       f"out {ucb:+.1%} there (point {point:+.1%}, hurdle {p_hurdle:.1%}); "
                        "verified and rolled back if not better"), point, preds
     if best == k or best_lo <= hurdle or now_gain <= 0:
         point = max((c for c in gains if c not in rejected or c == k), key=lambda c: gains[c])
@@ -482,6 +485,17 @@ def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load]
         if point >= floor and ucb > 2 * hurdle and (best is None or point > best[2]):
             best = (c, ucb, point)
     return best
+
+
+def _probe_life(state: State, now: float, horizon: float, life: float) -> float:
+    """The life a probe's hurdle is priced over. After a detected load shift the regime's
+    age is known, and a heavy-tailed regime that began ``age`` ago lasts about as long again
+    (Lindy): a probe right after a shift (a long spike looks like one for its first hour)
+    must promise more than one hours later. Never below the shift's own length, nor above
+    the life a change is priced over."""
+    if not state.history_shifted or state.history_start is None:
+        return life
+    return min(life, max(now - state.history_start, SHIFT_FRACTION * horizon))
 
 
 def _rebound(state: State, k: int) -> bool:
@@ -563,6 +577,10 @@ def _follow(s: Settings, state: State, k: int) -> tuple[int, float] | None:
     # descent the model keeps underestimating at the second step).
     bias = o.model_error
     if bias is None or o.realized <= 0 or bias <= 0:
+        return None
+    if s.initial_k is not None and abs(o.k_to - s.initial_k) < abs(o.k_from - s.initial_k):
+        # A step back towards the initial K returned to where the tuner started: what it
+        # paid says how bad the K it left was, nothing about the K beyond.
         return None
     c = k + (1 if o.k_to > o.k_from else -1)
     if not s.k_min <= c <= s.k_max or any(p.k == c for p in state.points):
@@ -865,6 +883,7 @@ def _decide(
     if shifted and since is not None:
         old_med, new_med = regime.median(hist_long), regime.median(away)
         hist, hist_long, start = away, away, since
+        state = replace(state, history_shifted=True)
         shift_note = (f"the load shifted {'up' if direction > 0 else 'down'} "
                       f"{(now - since) / 60:.0f} min ago (median {old_med:.3g} -> "
                       f"{new_med:.3g} running requests): the load history restarts there")
@@ -932,6 +951,7 @@ def _decide(
                  for h in (state.load_hist, state.load_hist_long)]
         age = now - state.pending_since if state.pending_since is not None else 0.0
         life = regime.remaining_life(age, horizon, MAX_LIFE_SECONDS)
+        probe_life = _probe_life(state, now, horizon, life)
         probe: frozenset[int] = frozenset()
         evidence = sum(p.w for p in state.points)
         seen_for = now - (state.history_start or now)
@@ -952,7 +972,7 @@ def _decide(
             else None
         target, why, gain, preds = goodput_target(
             s, k, long_s, loads, priced, survival, window.load, life,
-            frozenset(r.k for r in state.rejected), probe, home, follow, rebound)
+            frozenset(r.k for r in state.rejected), probe, home, follow, rebound, probe_life)
         is_probe = why.startswith(f"K {k} -> {target}: probe")
         if follow is not None and target == follow[0] and "(follow-through)" in why:
             correction = follow[1]

@@ -104,6 +104,8 @@ def state_to_status(state: State) -> dict[str, Any]:
         reg["time"] = _t(state.history_time)
     if state.history_start is not None:
         reg["start"] = _t(state.history_start)
+    if state.history_shifted:
+        reg["shifted"] = True
     if state.shift_since is not None:
         reg["shift"] = {"since": _t(state.shift_since), "direction": state.shift_direction,
                         "load": [_r(v, 4) for v in state.shift_load]}
@@ -229,7 +231,8 @@ def _sections(at: dict[str, Any]) -> list[tuple[str, Any]]:
         return {**shift, **mix, "load_hist": load, "load_hist_long": load_long, "acc_sum": acc,
                 "acc_drafts": dr,
                 "history_time": _f(reg["time"]) if reg.get("time") is not None else None,
-                "history_start": _f(reg["start"]) if reg.get("start") is not None else None}
+                "history_start": _f(reg["start"]) if reg.get("start") is not None else None,
+                "history_shifted": bool(reg.get("shifted", False))}
 
     def verification() -> dict[str, Any]:
         out: dict[str, Any] = {}
