@@ -320,6 +320,11 @@ def threshold_target(s: Settings, k: int, rate: float) -> tuple[int, str]:
     return k, f"acceptance {rate:.2f} within [{s.low_acceptance}, {s.high_acceptance}]"
 
 
+def _hurdle(s: Settings, life: float) -> float:
+    """What a change must gain: min_gain plus the restart spread over ``life`` seconds."""
+    return s.min_gain + s.restart_cost_seconds / life
+
+
 def _lcb_gain(s: Settings, k: int, c: int, survival: acceptance.Survival, load: Load,
               cost: Any, cur: float) -> float:
     """Lower confidence bound of the relative gain of c over k under ``load``.
@@ -395,7 +400,7 @@ def goodput_target(
         lo = min(lcbs[0] if day_ok else min(lcbs), typical)
         if lo > best_lo:
             best, best_lo = c, lo
-    hurdle = s.min_gain + s.restart_cost_seconds / life
+    hurdle = _hurdle(s, life)
     gain = gains[best]
     now_gain = (goodput(best, now_survival.tokens_per_step, now_load, cost) / cur_now - 1.0
                 if best != k and cur_now > 0 else 0.0)
@@ -421,8 +426,7 @@ def goodput_target(
                        f"history (> {hurdle:.1%} hurdle; now {c_now:+.1%}); verified and "
                        "rolled back if not better"), pc, preds
     if (best == k or best_lo <= hurdle or now_gain <= 0) and probe:
-        p_hurdle = hurdle if probe_life is None else \
-            s.min_gain + s.restart_cost_seconds / max(probe_life, 1.0)
+        p_hurdle = hurdle if probe_life is None else _hurdle(s, probe_life)
         p = _probe(s, k, survival, loads, cost, curs, p_hurdle, probe, rejected, rebound)
         if p is not None:
             c, ucb, point = p
