@@ -363,7 +363,7 @@ def goodput_target(
     now_survival: acceptance.Survival, now_load: Load, life: float,
     rejected: frozenset[int] = frozenset(), probe: frozenset[int] = frozenset(),
     home: int | None = None, follow: tuple[int, float] | None = None,
-    rebound: bool = False, probe_life: float | None = None,
+    rebound: bool = False, probe_life: float | None = None, miss: float = 0.0,
 ) -> tuple[int, str, float, dict[int, float]]:
     """Best K by the lower confidence bound of its gain under the load histories.
 
@@ -427,12 +427,15 @@ def goodput_target(
                        "rolled back if not better"), pc, preds
     if (best == k or best_lo <= hurdle or now_gain <= 0) and probe:
         p_hurdle = hurdle if probe_life is None else _hurdle(s, probe_life)
-        p = _probe(s, k, survival, loads, cost, curs, p_hurdle, probe, rejected, rebound)
+        p = _probe(s, k, survival, loads, cost, curs, p_hurdle, probe, rejected, rebound,
+                   miss)
         if p is not None:
             c, ucb, point = p
+            after = (f", after a step down it missed by {miss:.1%}"
+                     if c > k and miss > 0 else "")
             return c, (f"K {k} -> {c}: probe of an unmeasured K: the cost model cannot rule "
-                       f"out {ucb:+.1%} there (point {point:+.1%}, hurdle {p_hurdle:.1%}); "
-                       "verified and rolled back if not better"), point, preds
+                       f"out {ucb:+.1%} there (point {point:+.1%}, hurdle {p_hurdle:.1%}"
+                       f"{after}); verified and rolled back if not better"), point, preds
     if best == k or best_lo <= hurdle or now_gain <= 0:
         point = max((c for c in gains if c not in rejected or c == k), key=lambda c: gains[c])
         why = (f"K {k} kept: best alternative K {point} predicts {gains[point]:+.1%} "
@@ -460,11 +463,14 @@ TYPICAL_BAND = 4.0    # a probe starts only while the load is within this factor
 
 def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load], cost: Any,
            curs: list[float], hurdle: float, unmeasured: frozenset[int],
-           rejected: frozenset[int], rebound: bool = False) -> tuple[int, float, float] | None:
+           rejected: frozenset[int], rebound: bool = False, miss: float = 0.0
+           ) -> tuple[int, float, float] | None:
     """The unmeasured K below the current one that the model likes best, among those whose
     optimistic gain beats twice the hurdle under every history (a probe may cost two
     restarts: there and back). ``rebound``: the probe below just failed; then the K above
-    whose point gain alone clears the hurdle instead."""
+    whose point gain alone clears the hurdle instead. ``miss`` (> 0: a probe interval after
+    that failure, under a steady load): the K above under the rule for probes below, with
+    the model's doubt widened by how much it missed the failed step by."""
     best: tuple[int, float, float] | None = None
     for c in _candidates(s, k):
         # Downwards: below the running K the acceptance is measured exactly, so the probe
@@ -473,7 +479,9 @@ def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load]
         # probe lost, and a kept one can strand K where the model is wrong). Upwards only on
         # the rebound: the step down cost more than the model said, which is evidence that
         # the step cost rises less towards larger K than it thought (a staircase), and the
-        # model refitted on that step must then expect a gain there on its own.
+        # model refitted on that step must then expect a gain there on its own. A probe
+        # interval later (``miss``), its doubt about the K above is widened by that miss: a
+        # model that missed one unmeasured K by 6 % can miss the next one by as much.
         if c in (k, OFF) or (c > k) != rebound or c not in unmeasured or c in rejected or \
                 abs(k - c) > PROBE_SPAN:
             continue
@@ -482,10 +490,11 @@ def _probe(s: Settings, k: int, survival: acceptance.Survival, loads: list[Load]
             tw = sum(w for _, w in ld)
             point = goodput(c, survival.tokens_per_step, ld, cost) / cur - 1.0
             se_t = sum(w * cost.ratio_se(b, c, k) for b, w in ld) / tw if tw > 0 else 0.0
+            se_t = math.hypot(se_t, miss) if c > k else se_t
             points.append(point)
             ucbs.append((1.0 + point) * math.exp(s.confidence_z * se_t) - 1.0)
         point, ucb = min(points), min(ucbs)
-        floor = hurdle if rebound else PROBE_MIN_POINT
+        floor = hurdle if rebound and miss <= 0 else PROBE_MIN_POINT
         if point >= floor and ucb > 2 * hurdle and (best is None or point > best[2]):
             best = (c, ucb, point)
     return best
@@ -637,7 +646,11 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
         return state, None
     usable, _why = calibration.point_from_sample(
         window.step_sample(), now=now, last_change=v.time, window_seconds=s.window_seconds)
-    if window.k == v.k_to and usable is not None:
+    up_probe = v.probe and 0 < v.k_from < v.k_to
+    # An upward probe is judged at the load it was started under: beyond it its gain rests on
+    # an acceptance tail and a cost slope in K that no window there has measured.
+    typical = not up_probe or _typical_now(window.load, state.load_hist)
+    if window.k == v.k_to and usable is not None and typical:
         t_new = 1000.0 * window.itl_sum / window.itl_count
         b = window.itl_batch()
         prefill = max(0.0, window.prompt_tokens) / window.steps
@@ -665,7 +678,15 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
                 # another machine's units: only its ratio between the two Ks applies here.
                 t_old *= t_new / cost.step_ms(b, v.k_to, prefill)
             g = realized_gain(l_new, t_new, l_old, t_old)
-            v = replace(v, samples=(*v.samples, (now, g, v.expected_at(b))))
+            expected = v.expected_at(b)
+            if survival is not None and 0 < v.k_from < v.k_to:
+                # A step up measures both Ks' acceptance in this window: expect the gain at
+                # this window's mix, so that the error is the cost model's alone (a mix that
+                # flaps would otherwise read as the new K's loss or gain).
+                priced = _Priced(cost, _prompt_ratio(window), survival.tokens_per_step)
+                expected = _speed_ratio(v.k_from, v.k_to, survival, max(1.0, b), priced) \
+                    - 1.0 + v.correction
+            v = replace(v, samples=(*v.samples, (now, g, expected)))
             state = replace(state, verify=v)
     age = now - v.time
     mean, se, raw = judged(v, s.window_seconds)
@@ -709,6 +730,31 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
     last_probe = None if v.probe else state.last_probe
     return replace(state, verify=None, outcomes=(*state.outcomes, out)[-OUTCOMES:],
                    last_probe=last_probe), None
+
+
+UNTYPICAL_SHARE = 0.05  # of the day's tokens at untypical load: no probe upwards beyond it
+
+
+def _miss(state: State) -> float:
+    """How far the cost model missed the last change's outcome by (its own error there)."""
+    e = state.outcomes[-1].model_error if state.outcomes else None
+    return abs(e) if e is not None else 0.0
+
+
+def _untypical_share(state: State, cost: Any, k: int) -> float:
+    """The share of the day history's tokens (at K ``k``) at loads outside TYPICAL_BAND of
+    the regime's median, where an upward probe, verified at typical load only, is never
+    measured. On the MoE world one drafted token more wins 1 % at 30 running requests and
+    loses 6 % at 256: a verdict at one load says nothing about the other."""
+    med = regime.median(state.load_hist)
+    dist = regime.distribution(state.load_hist_long)
+    if med is None or not dist:
+        return 0.0
+    lo, hi = med / TYPICAL_BAND, med * TYPICAL_BAND
+    tokens = [(b, w * max(1.0, b) / cost.step_ms(max(1.0, b), k)) for b, w in dist]
+    total = sum(t for _, t in tokens)
+    return sum(t for b, t in tokens if not lo <= max(1.0, b) <= hi) / total if total > 0 \
+        else 0.0
 
 
 def canary_on(s: Settings) -> bool:
@@ -960,11 +1006,11 @@ def _decide(
         evidence = sum(p.w for p in state.points)
         seen_for = now - (state.history_start or now)
         rebound = _rebound(state, k)
+        interval = state.last_probe is None or \
+            now - state.last_probe >= s.probe_interval_seconds
         if s.explore and cost is None and source == "fitted" and \
                 evidence >= PROBE_MIN_WINDOWS and seen_for >= PROBE_AFTER * s.regime_seconds and \
-                _typical_now(window.load, state.load_hist) and (
-                rebound or state.last_probe is None or
-                now - state.last_probe >= s.probe_interval_seconds):
+                _typical_now(window.load, state.load_hist) and (rebound or interval):
             seen = {p.k for p in state.points}
             probe = frozenset(c for c in range(s.k_min, s.k_max + 1) if c not in seen)
         # Back to the initial K needs less proof than leaving it, once it has been measured
@@ -972,11 +1018,17 @@ def _decide(
         home = s.initial_k if s.initial_k is not None and (
             isinstance(model, _Known) or any(p.k == s.initial_k for p in state.points)) else None
         priced = _Priced(model, _prompt_ratio(window), long_s.tokens_per_step)
+        # Upwards under the rule for probes below only a probe interval after a failed step
+        # down (the interval bounds what failed probes cost) and under a steady day: an
+        # upward probe is verified at typical load, and spikes are where one loses.
+        miss = _miss(state) if probe and rebound and interval and \
+            _untypical_share(state, priced, k) <= UNTYPICAL_SHARE else 0.0
         follow = _follow(s, state, k) if s.explore and cost is None and source == "fitted" \
             else None
         target, why, gain, preds = goodput_target(
             s, k, long_s, loads, priced, survival, window.load, life,
-            frozenset(r.k for r in state.rejected), probe, home, follow, rebound, probe_life)
+            frozenset(r.k for r in state.rejected), probe, home, follow, rebound, probe_life,
+            miss)
         is_probe = why.startswith(f"K {k} -> {target}: probe")
         if follow is not None and target == follow[0] and "(follow-through)" in why:
             correction = follow[1]
