@@ -60,8 +60,8 @@ def _history(b: float) -> tuple[State, Window]:
     return st, w
 
 
-def _window(k: int, b: float) -> Window:
-    s = iid(0.8, 16)
+def _window(k: int, b: float, rate: float = 0.8) -> Window:
+    s = iid(rate, 16)
     drafts = 50_000.0
     per_pos = tuple(drafts * v for v in s[:k])
     return Window(k=k, seconds=600, drafts=drafts, draft_tokens=drafts * k,
@@ -181,15 +181,10 @@ def test_the_miss_is_the_cost_models_own_error_on_the_last_change() -> None:
 
 def _step_window(k: int, b: float, rate: float, table) -> Window:
     """A window at K whose step time is the table's at (b, k) and acceptance ``rate``."""
-    s = iid(rate, 16)
-    drafts = 50_000.0
-    per_pos = tuple(drafts * v for v in s[:k])
-    steps = drafts / b
+    w = _window(k, b, rate)
+    steps = w.drafts / b
     t = table.step_ms(b, k) / 1000.0
-    return Window(k=k, seconds=600, drafts=drafts, draft_tokens=drafts * k,
-                  accepted=sum(per_pos), accepted_per_pos=per_pos,
-                  generation_tokens=drafts * (1 + sum(s[:k])), requests=500,
-                  load=((b, 1.0),), itl_sum=steps * b * t, itl_count=steps * b, steps=steps)
+    return replace(w, itl_sum=steps * b * t, itl_count=steps * b, steps=steps)
 
 
 def test_a_step_up_is_verified_at_the_windows_own_mix() -> None:

@@ -526,7 +526,11 @@ def _typical_now(now_load: Load, hist: tuple[float, ...]) -> bool:
     med, mean_now = regime.median(hist), regime.mean_load(now_load)
     if med is None or mean_now is None:
         return False
-    return med / TYPICAL_BAND <= max(mean_now, 1.0) <= med * TYPICAL_BAND
+    return _within_band(mean_now, med)
+
+
+def _within_band(b: float, median: float) -> bool:
+    return median / TYPICAL_BAND <= max(b, 1.0) <= median * TYPICAL_BAND
 
 
 CURVE_BATCHES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
@@ -646,10 +650,10 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
         return state, None
     usable, _why = calibration.point_from_sample(
         window.step_sample(), now=now, last_change=v.time, window_seconds=s.window_seconds)
-    up_probe = v.probe and 0 < v.k_from < v.k_to
+    step_up = 0 < v.k_from < v.k_to
     # An upward probe is judged at the load it was started under: beyond it its gain rests on
     # an acceptance tail and a cost slope in K that no window there has measured.
-    typical = not up_probe or _typical_now(window.load, state.load_hist)
+    typical = not (v.probe and step_up) or _typical_now(window.load, state.load_hist)
     if window.k == v.k_to and usable is not None and typical:
         t_new = 1000.0 * window.itl_sum / window.itl_count
         b = window.itl_batch()
@@ -679,7 +683,7 @@ def _verify(s: Settings, state: State, window: Window, survival: acceptance.Surv
                 t_old *= t_new / cost.step_ms(b, v.k_to, prefill)
             g = realized_gain(l_new, t_new, l_old, t_old)
             expected = v.expected_at(b)
-            if survival is not None and 0 < v.k_from < v.k_to:
+            if survival is not None and step_up:
                 # A step up measures both Ks' acceptance in this window: expect the gain at
                 # this window's mix, so that the error is the cost model's alone (a mix that
                 # flaps would otherwise read as the new K's loss or gain).
@@ -750,10 +754,9 @@ def _untypical_share(state: State, cost: Any, k: int) -> float:
     dist = regime.distribution(state.load_hist_long)
     if med is None or not dist:
         return 0.0
-    lo, hi = med / TYPICAL_BAND, med * TYPICAL_BAND
     tokens = [(b, w * max(1.0, b) / cost.step_ms(max(1.0, b), k)) for b, w in dist]
     total = sum(t for _, t in tokens)
-    return sum(t for b, t in tokens if not lo <= max(1.0, b) <= hi) / total if total > 0 \
+    return sum(t for b, t in tokens if not _within_band(b, med)) / total if total > 0 \
         else 0.0
 
 
